@@ -1,0 +1,36 @@
+"""dmcp: Differentiable Markov Channel Pruning on CPUs.
+
+The C core (``dmcp._C``) runs every layer, the Markov gates, expected FLOPs and
+the optimisers on NumPy arrays with OpenMP and OpenBLAS; this package parses
+mmrazor-style configs and orchestrates search, sampling and retraining.
+"""
+import os
+
+
+def _pick_openblas_kernels():
+    """Debian's OpenBLAS 0.3.21 takes Zen 4/5 CPUs for Haswell and runs AVX2
+    kernels; its SkylakeX kernels are about twice as fast there.  Ask for them
+    when the CPU (as the kernel reports it) has AVX-512, unless the user chose
+    a core type.  Must run before libopenblas is loaded by dmcp._C."""
+    if "OPENBLAS_CORETYPE" in os.environ:
+        return
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+            else:
+                return
+    except OSError:
+        return
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+        os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+
+
+_pick_openblas_kernels()
+
+from . import _C  # noqa: E402  (after the core-type choice)
+from . import nn  # noqa: E402
+
+__version__ = "0.1.0"
