@@ -29,6 +29,10 @@ def _pick_openblas_kernels():
 
 
 _pick_openblas_kernels()
+# OpenMP loops (im2col, BN, ...) alternate with OpenBLAS's own threads; idle
+# OpenMP workers that spin steal the 2 cores from the GEMM (measured: 3x3 conv
+# forward 21 -> 90 GFLOP/s with a passive wait).  libgomp reads this at load.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import _C  # noqa: E402  (after the core-type choice)
 from . import nn  # noqa: E402

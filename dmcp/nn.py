@@ -50,7 +50,11 @@ class Module:
         return self.forward(*args, **kwargs)
 
     def children(self):
+        """Sub-modules in attribute order; names starting with '_' are private
+        views (for example a block's op list) and are not traversed."""
         for name, v in vars(self).items():
+            if name.startswith("_"):
+                continue
             if isinstance(v, Module):
                 yield name, v
             elif isinstance(v, (list, tuple)):
