@@ -36,5 +36,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import _C  # noqa: E402  (after the core-type choice)
 from . import nn  # noqa: E402
+from .algorithm import DMCP, build_pruned  # noqa: E402
+from .config import Config, ConfigError  # noqa: E402
+from .flops import count_flops  # noqa: E402
+from .models import ImageClassifier, build_model  # noqa: E402
+from .units import Mutator, UserError  # noqa: E402
 
 __version__ = "0.1.0"

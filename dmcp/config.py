@@ -128,7 +128,8 @@ class ConfigDict(dict):
             raise _missing_key(self, name) from None
 
     def __dir__(self):
-        return list(super().__dir__()) + [k for k in self if isinstance(k, str) and k.isidentifier()]
+        keys = [k for k in self if isinstance(k, str) and k.isidentifier()]
+        return list(super().__dir__()) + keys
 
     def get(self, key, default=None):
         return self[key] if key in self else default
@@ -292,7 +293,7 @@ def _writes_base(stmt):
 
 
 def _split_base_assignment(tree, path):
-    """Find the top-level ``_base_ = ...``; return (list of base names or None, other statements)."""
+    """Find the top-level ``_base_ = ...``; return (base names or None, the other statements)."""
     bases, body, base_stmt = None, [], None
     for stmt in tree.body:
         if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
@@ -373,7 +374,7 @@ def _load_data(path, stack):
             raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
     else:
         if yaml is None:
-            raise ConfigError(f"{path}: PyYAML is needed to read .yaml configs (pip install pyyaml)")
+            raise ConfigError(f"{path}: PyYAML is needed to read .yaml configs")
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         try:
             data = yaml.load(text, Loader=loader)
@@ -454,7 +455,8 @@ def _scalar_text(value, where):
     if isinstance(value, numbers.Real):
         value = float(value)
         return repr(value) if math.isfinite(value) else f"float('{value}')"
-    raise ConfigError(f"cannot write {where!r} = {value!r} ({type(value).__name__}) to a .py config")
+    raise ConfigError(f"cannot write {where!r} = {value!r} ({type(value).__name__}) "
+                      f"to a .py config")
 
 
 def _inline_text(value, where):
@@ -492,8 +494,21 @@ def _value_text(value, indent, used, where):
     else:
         opening, closing = ("[", "]") if isinstance(value, list) else ("(", ")")
         items = [_value_text(v, inner, 0, f"{where}.{i}") for i, v in enumerate(value)]
+        if not any(isinstance(v, (dict, list, tuple)) for v in value):
+            items = _fill(items, _LINE_WIDTH - inner)  # scalars: several to a line
     pad = " " * inner
     return opening + "\n" + "".join(f"{pad}{item},\n" for item in items) + " " * indent + closing
+
+
+def _fill(items, width):
+    """Join scalar items into lines of at most ``width`` columns (``a, b, c``, no final comma)."""
+    lines = [items[0]]
+    for item in items[1:]:
+        if len(lines[-1]) + 2 + len(item) + 1 <= width:
+            lines[-1] += ", " + item
+        else:
+            lines.append(item)
+    return lines
 
 
 def _py_text(cfg):
@@ -644,6 +659,13 @@ class Config:
         return f"Config (path: {self._filename}): {dict.__repr__(self._cfg_dict)}"
 
 
+def _merged_option(value, old):
+    """An option's dict value merges into the dict it lands on, unless it holds ``_delete_``."""
+    if isinstance(value, dict) and isinstance(old, dict) and not value.get(DELETE_KEY, False):
+        return _merge(value, old)
+    return value
+
+
 def _set_path(node, parts, value, full_key, depth):
     """Set ``parts`` under ``node``; returns the node to store in its parent
     (a new tuple when an item of a tuple changed)."""
@@ -651,10 +673,7 @@ def _set_path(node, parts, value, full_key, depth):
     last = len(parts) == 1
     if isinstance(node, dict):
         if last:
-            old = node.get(key)
-            if isinstance(value, dict) and isinstance(old, dict) and not value.get(DELETE_KEY, False):
-                value = _merge(value, old)
-            node[key] = _fresh(value)
+            node[key] = _fresh(_merged_option(value, node.get(key)))
         else:
             child = node[key] if key in node else ConfigDict()
             node[key] = _set_path(child, parts[1:], value, full_key, depth + 1)
@@ -670,10 +689,7 @@ def _set_path(node, parts, value, full_key, depth):
                               f"{where!r} is a {kind} of length {len(node)}")
         items = node if isinstance(node, list) else list(node)
         if last:
-            old = items[index]
-            if isinstance(value, dict) and isinstance(old, dict) and not value.get(DELETE_KEY, False):
-                value = _merge(value, old)
-            items[index] = _fresh(value)
+            items[index] = _fresh(_merged_option(value, items[index]))
         else:
             items[index] = _set_path(items[index], parts[1:], value, full_key, depth + 1)
         return items if isinstance(node, list) else tuple(items)
@@ -767,7 +783,7 @@ def _parse_value(text):
 
 
 def parse_cfg_options(options):
-    """``['a.b=1', 'k=[1,(2,3)]', ...]`` -> ``{'a.b': 1, 'k': [1, (2, 3)]}``, as mmengine's DictAction.
+    """``['a.b=1', 'k=[1,(2,3)]']`` -> ``{'a.b': 1, 'k': [1, (2, 3)]}``, as mmengine's DictAction.
 
     Values: int, float, ``True``/``False`` (any case), ``None``, ``[..]`` lists,
     ``(..)`` tuples, ``a,b`` comma lists, nested brackets; quotes make a string

@@ -81,6 +81,18 @@ class Module:
             for name in getattr(m, "_buffers", ()):
                 yield (f"{mname}.{name}" if mname else name), getattr(m, name)
 
+    def state_dict(self):
+        """name -> array (parameters and buffers, PyTorch order); arrays are live views."""
+        d = {}
+        for mname, m in self.named_modules():
+            pre = f"{mname}." if mname else ""
+            for name, v in vars(m).items():
+                if isinstance(v, Parameter):
+                    d[pre + name] = v.data
+            for name in getattr(m, "_buffers", ()):
+                d[pre + name] = getattr(m, name)
+        return d
+
     def train(self, mode=True):
         for _, m in self.named_modules():
             m.training = mode
@@ -147,6 +159,7 @@ class Conv2d(Module):
         _C.conv2d_forward(out, x, self.weight.data, None if self.bias is None else self.bias.data,
                           *self.stride, *self.padding, *self.dilation, groups)
         self._inp = x
+        self._out_hw = out.shape[2:]
         return out
 
     def backward(self, dout, need_dinp=True):

@@ -1,0 +1,187 @@
+"""The DMCP algorithm in one place (DMCP.md sections 5-8): model building from
+configs, the sandwich-rule weight step with in-place distillation, the
+architecture step, and sampling of the pruned structure.
+"""
+import copy
+
+import numpy as np
+
+from .models import ImageClassifier, _check_keys, _strip_scope
+from .nn import KLDivergence
+from .units import Mutator, UserError, apply_subnet, budget_loss, load_subnet
+
+STRATEGIES = ("max", "min", "random", "direct", "scheduled_random", "arch_random")
+
+
+def _plain(cfg):
+    """Config dicts (ConfigDict or dict, nested) as plain dicts."""
+    if isinstance(cfg, dict):
+        return {k: _plain(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(_plain(v) for v in cfg)
+    return cfg
+
+
+def build_classifier(cfg, seed=0, widths=None):
+    cfg = _plain(cfg)
+    t = _strip_scope(cfg.pop("type", "ImageClassifier"))
+    if t != "ImageClassifier":
+        raise UserError(f"architecture type {t!r} is not ImageClassifier")
+    cfg.pop("_scope_", None)
+    _check_keys("ImageClassifier", cfg, ("backbone", "neck", "head", "data_preprocessor", "init_cfg",
+                                         "train_cfg", "pretrained"))
+    if "backbone" not in cfg:
+        raise UserError("ImageClassifier: 'backbone' is required")
+    return ImageClassifier(seed=seed, widths=widths, **cfg)
+
+
+def demo_input_shape(mutator_cfg, default=(3, 224, 224)):
+    demo = (mutator_cfg or {}).get("parse_cfg", {}).get("demo_input")
+    return tuple(int(v) for v in demo[1:]) if demo else tuple(default)
+
+
+def build_pruned(supernet_cfg, fix_subnet, seed=0, supernet=None):
+    """A standalone pruned ImageClassifier: every unit created at its chosen width.
+    With ``supernet`` given, its weights are sliced into the pruned model."""
+    probe = build_classifier(supernet_cfg, seed)
+    choices, declared, source = load_subnet(fix_subnet)
+    by_key = {u.key: u for u in probe.units.values()}
+    by_name = probe.units
+    widths = {}
+    for key, w in choices.items():
+        u = by_key.get(key) or by_name.get(key) or by_name.get(key.split("_(0, ")[0])
+        if u is None:
+            raise UserError(f"{source}: unit '{key}' does not exist in this model")
+        n = declared.get(key)
+        if n is not None and n != u.num_channels:
+            raise UserError(f"{source}: unit '{key}' declares num_channels {n} but the model's unit "
+                            f"has {u.num_channels}")
+        if not isinstance(w, (int, np.integer)) or isinstance(w, bool) or not 1 <= w <= u.num_channels:
+            raise UserError(f"{source}: unit '{key}' choice {w!r} is outside 1..{u.num_channels}")
+        widths[u.name] = int(w)
+    model = build_classifier(supernet_cfg, seed, widths=widths)
+    if supernet is not None:
+        model.load_state_dict(supernet.state_dict())
+    return model
+
+
+class DMCP:
+    """A supernet (``architecture``) with its mutator and the DMCP schedule settings.
+    ``model(x)`` / ``model.backward(g)`` run the architecture at its current widths."""
+
+    def __init__(self, architecture, mutator_cfg=None, strategy=("max", "min", "scheduled_random",
+                 "arch_random"), arch_start_train=5000, arch_train_freq=500, distillation_times=10000,
+                 flop_loss_weight=0.1, flops_loss_type="log_l1", target_flops=2000, distiller=None,
+                 data_preprocessor=None, init_cfg=None, _scope_=None, seed=0, **unused):
+        _check_keys("DMCP", unused, ())
+        self.architecture = build_classifier(architecture, seed)
+        mcfg = _plain(mutator_cfg or {})
+        _check_keys("mutator_cfg", mcfg, ("type", "channel_unit_cfg", "pruning_cfg", "parse_cfg",
+                                          "prob_type"))
+        self.input_shape = demo_input_shape(mcfg)
+        self.mutator = Mutator(self.architecture, mcfg.get("pruning_cfg", (0.1, 1.0, 0.05)),
+                               mcfg.get("prob_type", "exp"))
+        bad = [s for s in strategy if s not in STRATEGIES]
+        if bad or not strategy:
+            raise UserError(f"DMCP strategy {list(strategy)}: unknown entries {bad}; accepted: {STRATEGIES}")
+        self.strategy = list(strategy)
+        self.arch_start_train, self.arch_train_freq = int(arch_start_train), int(arch_train_freq)
+        self.distillation_times = int(distillation_times)
+        self.flop_loss_weight, self.flops_loss_type = float(flop_loss_weight), flops_loss_type
+        budget_loss(1.0, 1.0, flops_loss_type)      # validates the loss type now
+        self.target_mflops = float(target_flops)
+        self.tau = 1.0
+        if distiller:
+            tau = _find_key(distiller, "tau")
+            self.tau = float(tau) if tau is not None else 1.0
+        self.kd = KLDivergence(self.tau)
+        self.random_prob = 1.0          # q of 'scheduled_random'
+
+    @property
+    def units(self):
+        return self.architecture.units
+
+    def __call__(self, x):
+        return self.architecture.forward(x)
+
+    def forward(self, x):
+        return self.architecture.forward(x)
+
+    def backward(self, g):
+        return self.architecture.backward(g)
+
+    def named_parameters(self):
+        return self.architecture.named_parameters()
+
+    def state_dict(self):
+        d = dict(self.architecture.state_dict())
+        for u in self.mutator.units:
+            if u.ngroups:
+                d[f"mutator.{u.name}.alpha"] = u.alpha.data
+        return d
+
+    def load_state_dict(self, state, strict=True):
+        state = dict(state) if not isinstance(state, str) else state
+        if isinstance(state, dict):
+            for u in self.mutator.units:
+                k = f"mutator.{u.name}.alpha"
+                if k in state:
+                    u.alpha.data[...] = state.pop(k)
+        return self.architecture.load_state_dict(state, strict)
+
+    def train(self, mode=True):
+        self.architecture.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def expected_mflops(self, grad_scale=None):
+        return self.mutator.expected_flops(self.input_shape, grad_scale) / 1e6
+
+    def budget_loss_and_grad(self):
+        """flop_loss_weight * budget loss of E[F] (MFLOPs) and its gradient into alpha.grad."""
+        f = self.expected_mflops()
+        loss, dloss = budget_loss(f, self.target_mflops, self.flops_loss_type)
+        if dloss:
+            self.expected_mflops(grad_scale=self.flop_loss_weight * dloss / 1e6)
+        return self.flop_loss_weight * loss, f
+
+
+def _find_key(cfg, key):
+    if isinstance(cfg, dict):
+        if key in cfg:
+            return cfg[key]
+        for v in cfg.values():
+            r = _find_key(v, key)
+            if r is not None:
+                return r
+    elif isinstance(cfg, (list, tuple)):
+        for v in cfg:
+            r = _find_key(v, key)
+            if r is not None:
+                return r
+    return None
+
+
+def build_algorithm_model(cfg, seed=0):
+    """ImageClassifier, DMCP or sub_model from a config dict."""
+    cfg = _plain(cfg)
+    t = _strip_scope(cfg.get("type", "ImageClassifier"))
+    if t == "ImageClassifier":
+        return build_classifier(cfg, seed)
+    if t in ("DMCP", "DMCPDDP"):
+        cfg.pop("type")
+        return DMCP(seed=seed, **cfg)
+    if t == "sub_model":
+        cfg.pop("type")
+        _check_keys("sub_model", cfg, ("cfg", "fix_subnet", "mode", "init_weight_from_supernet",
+                                       "init_cfg", "data_preprocessor", "_scope_"))
+        if "cfg" not in cfg or "fix_subnet" not in cfg:
+            raise UserError("sub_model needs 'cfg' (the supernet) and 'fix_subnet'")
+        return build_pruned(cfg["cfg"], cfg["fix_subnet"], seed)
+    raise UserError(f"model type {t!r} is not one of ImageClassifier, DMCP, sub_model")
+
+
+def copy_cfg(cfg):
+    return copy.deepcopy(_plain(cfg))

@@ -1,0 +1,178 @@
+"""Weights in and out: PyTorch ``.pth`` state dicts read without PyTorch,
+torchvision -> mmcls key mapping, and loading into a model with shape checks.
+
+A ``.pth`` written by ``torch.save`` is a zip archive holding ``data.pkl`` (a
+pickle whose tensors refer to storages by key) and ``data/<key>`` (the raw
+little-endian bytes of each storage).  The unpickler below rebuilds tensors as
+NumPy arrays and refuses every other global it does not know.
+"""
+import pickle
+import re
+import zipfile
+from collections import OrderedDict
+
+import numpy as np
+
+from .units import UserError
+
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+    "BFloat16Storage": None,
+}
+
+
+_SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "dict": dict, "list": list, "tuple": tuple,
+                  "int": int, "float": float, "str": str}
+
+
+class _StorageType:
+    def __init__(self, name):
+        self.name = name
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused):
+    if not size:
+        return storage[offset:offset + 1].reshape(()).copy()
+    item = storage.itemsize
+    return np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
+                                           strides=tuple(s * item for s in stride)).copy()
+
+
+def _rebuild_parameter(data, *unused):
+    return data
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, f, archive, prefix):
+        super().__init__(f)
+        self.archive, self.prefix = archive, prefix
+
+    def find_class(self, module, name):
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+            return _rebuild_tensor
+        if module == "torch._utils" and name == "_rebuild_parameter":
+            return _rebuild_parameter
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        if module == "collections" and name == "OrderedDict":
+            return OrderedDict
+        if module == "torch" and name == "Size":
+            return tuple
+        if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
+            return _SAFE_BUILTINS[name]
+        # anything else (mmengine meta objects, numpy scalars...) becomes an inert placeholder
+        return lambda *a, **k: None
+
+    def persistent_load(self, pid):
+        kind, stype, key = pid[0], pid[1], pid[2]
+        if kind != "storage":
+            raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
+        if isinstance(stype, _StorageType):
+            dtype = _STORAGE_DTYPES[stype.name]
+        else:   # torch >= 2 stores a dtype via torch.storage.UntypedStorage + dtype arg
+            dtype = np.float32
+        if dtype is None:
+            raise pickle.UnpicklingError(f"storage type {stype.name} is not supported")
+        raw = self.archive.read(f"{self.prefix}data/{key}")
+        return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+
+
+def read_pth(path):
+    """A PyTorch zip checkpoint as nested dicts of NumPy arrays."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint '{path}' does not exist") from None
+    except zipfile.BadZipFile:
+        raise UserError(f"checkpoint '{path}' is not a PyTorch zip checkpoint "
+                        f"(legacy torch.save format or not a checkpoint)") from None
+    with archive:
+        pkl = [n for n in archive.namelist() if n.endswith("data.pkl")]
+        if not pkl:
+            raise UserError(f"checkpoint '{path}' has no data.pkl")
+        prefix = pkl[0][:-len("data.pkl")]
+        with archive.open(pkl[0]) as f:
+            try:
+                return _Unpickler(f, archive, prefix).load()
+            except (pickle.UnpicklingError, KeyError, ValueError) as e:
+                raise UserError(f"checkpoint '{path}' could not be read: {e}") from None
+
+
+def read_checkpoint(path):
+    """A state dict from a .pth (torchvision/mmcls) or a dmcp .npz checkpoint."""
+    if str(path).endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k[len("state_dict/"):]: z[k] for k in z.files if k.startswith("state_dict/")}
+        except FileNotFoundError:
+            raise UserError(f"checkpoint '{path}' does not exist") from None
+    obj = read_pth(path)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise UserError(f"checkpoint '{path}' does not hold a state dict")
+    return obj
+
+
+def _torchvision_mbv2_names(model):
+    """torchvision MobileNetV2 prefix -> mmcls prefix, from the model's blocks."""
+    mapping = {"features.0.0": "backbone.conv1.conv", "features.0.1": "backbone.conv1.bn"}
+    i = 1
+    bb = model.backbone
+    for s in range(7):
+        for b, blk in enumerate(getattr(bb, f"layer{s + 1}")):
+            pre = f"backbone.layer{s + 1}.{b}.conv"
+            n = len(blk.conv)
+            for j in range(n - 1):
+                mapping[f"features.{i}.conv.{j}.0"] = f"{pre}.{j}.conv"
+                mapping[f"features.{i}.conv.{j}.1"] = f"{pre}.{j}.bn"
+            mapping[f"features.{i}.conv.{n - 1}"] = f"{pre}.{n - 1}.conv"
+            mapping[f"features.{i}.conv.{n}"] = f"{pre}.{n - 1}.bn"
+            i += 1
+    mapping[f"features.{i}.0"] = "backbone.conv2.conv"
+    mapping[f"features.{i}.1"] = "backbone.conv2.bn"
+    mapping["classifier.1"] = "head.fc"
+    return mapping
+
+
+def to_mmcls_names(model, state):
+    """Map torchvision keys (``conv1.weight``, ``fc.bias``, ``features.3.conv.0.0.weight``)
+    and ``module.``-prefixed keys onto mmcls names; mmcls keys pass through."""
+    state = {re.sub(r"^module\.", "", k): v for k, v in state.items()}
+    if any(k.startswith(("backbone.", "head.")) for k in state):
+        return state
+    if any(k.startswith("features.") for k in state):
+        mapping = _torchvision_mbv2_names(model)
+        out = {}
+        for k, v in state.items():
+            pre, _, leaf = k.rpartition(".")
+            out[f"{mapping.get(pre, pre)}.{leaf}"] = v
+        return out
+    return {("head." + k if k.startswith("fc.") else "backbone." + k): v for k, v in state.items()}
+
+
+def load_weights(model, state, strict=True):
+    """Copy a state dict (or a checkpoint path) into the model, checking names and shapes.
+    A pruned model takes the leading slice of larger (supernet) weights."""
+    source = state if isinstance(state, str) else "state dict"
+    if isinstance(state, str):
+        state = read_checkpoint(state)
+    state = to_mmcls_names(model, state)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if strict and (missing or unexpected):
+        raise UserError(f"{source}: missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                        f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    for k, dst in own.items():
+        if k not in state:
+            continue
+        src = np.asarray(state[k])
+        if src.shape != dst.shape:
+            if src.ndim != dst.ndim or any(s < d for s, d in zip(src.shape, dst.shape)):
+                raise UserError(f"{source}: '{k}' has shape {src.shape}, the model needs {dst.shape}")
+            src = src[tuple(slice(0, d) for d in dst.shape)]
+        dst[...] = src.astype(dst.dtype, copy=False)
+    return missing, unexpected

@@ -1,0 +1,484 @@
+"""Classification models with mmcls layer names and PyTorch shapes, built from
+``dmcp.nn`` layers: ResNet (18/34/50/101), a small-input ResNet for 28x28 /
+32x32 images (CIFAR-style ResNet-20/56), MobileNetV2, and ImageClassifier.
+
+Every conv that writes into a channel unit is registered with it, so setting a
+unit's width slices every layer that reads or writes those channels; a BN
+whose output belongs to a unit is followed by that unit's Markov gate, which is
+the identity unless the architecture step switches the gates on.
+"""
+import numpy as np
+
+from . import _C
+from .nn import (BatchNorm2d, Conv2d, CrossEntropyLoss, GlobalAvgPool, Linear, MaxPool2d, Module,
+                 ReLU)
+from .units import ChannelUnit, UserError
+
+
+class Gate(Module):
+    """Scales channel block k of its input by the unit's P_k when the unit's gate is on."""
+
+    def __init__(self, unit):
+        self._unit = unit
+        self._inp = None
+
+    def forward(self, x):
+        u = self._unit
+        if not u.gate_on:
+            self._inp = None
+            return x
+        out = np.empty_like(x)
+        _C.gate_forward(out, x, u.P, u.min_ch, u.group_size)
+        self._inp = x
+        return out
+
+    def backward(self, dout):
+        if self._inp is None:
+            return dout
+        u = self._unit
+        dinp = np.zeros_like(dout)
+        _C.gate_backward(dinp, u.dP, dout, self._inp, u.P, u.min_ch, u.group_size)
+        return dinp
+
+
+def _forward(ops, x):
+    for op in ops:
+        x = op.forward(x)
+    return x
+
+
+def _backward(ops, d):
+    for op in reversed(ops):
+        d = op.backward(d)
+    return d
+
+
+def _kaiming_fan_out(rng, conv):
+    """mmcv's kaiming_init(mode='fan_out', nonlinearity='relu', distribution='normal')."""
+    oc, cg, kh, kw = conv.weight.shape
+    std = np.sqrt(2.0 / (oc * kh * kw))
+    conv.weight.data[...] = rng.normal(0.0, std, conv.weight.shape).astype(np.float32)
+
+
+class UnitBook:
+    """Creates channel units and ties convs to them while a backbone is built.
+    ``widths`` (unit name -> width) builds a pruned network: that unit's layers
+    are created at the given width instead of the full one."""
+
+    def __init__(self, rng, widths=None):
+        self.units = {}
+        self.rng = rng
+        self.widths = dict(widths or {})
+
+    def unit(self, name, channels):
+        channels = self.widths.pop(name, channels)
+        u = self.units[name] = ChannelUnit(name, channels)
+        return u
+
+    def conv(self, in_unit, out_unit, kernel, stride=1, padding=0, groups=1, in_channels=None,
+             out_channels=None, depthwise=False):
+        """A conv reading ``in_unit`` (or a fixed in_channels) and writing ``out_unit``."""
+        cin = in_unit.num_channels if in_unit is not None else in_channels
+        cout = out_unit.num_channels if out_unit is not None else out_channels
+        if depthwise:
+            groups = cin
+        conv = Conv2d(cin, cout, kernel, stride=stride, padding=padding, groups=groups, rng=self.rng)
+        _kaiming_fan_out(self.rng, conv)
+        conv.in_unit, conv.out_unit = in_unit, out_unit
+        if out_unit is not None and not conv.depthwise:
+            out_unit.out_convs.append(conv)
+        return conv
+
+
+class ConvModule(Module):
+    """mmcv's ConvModule naming (``conv``, ``bn``): conv -> BN -> gate -> activation."""
+
+    def __init__(self, book, in_unit, out_unit, kernel, stride=1, padding=0, act_cap=None,
+                 depthwise=False, in_channels=None):
+        self.conv = book.conv(in_unit, out_unit, kernel, stride, padding, in_channels=in_channels,
+                              depthwise=depthwise)
+        self.bn = BatchNorm2d(out_unit.num_channels)
+        self._ops = [self.conv, self.bn, Gate(out_unit)]
+        if act_cap is not None:
+            self._ops.append(ReLU(act_cap))
+
+    def forward(self, x):
+        return _forward(self._ops, x)
+
+    def backward(self, d):
+        return _backward(self._ops, d)
+
+
+class _ResidualBlock(Module):
+    """Shared forward/backward of BasicBlock and Bottleneck: main ops, optional
+    downsample ops, add, ReLU."""
+
+    def forward(self, x):
+        out = _forward(self._main, x)
+        identity = _forward(self._down, x) if self._down else x
+        y = np.empty_like(out)
+        _C.add_forward(y, out, identity)
+        return self._relu.forward(y)
+
+    def backward(self, d):
+        d = self._relu.backward(d)
+        dx = _backward(self._main, d)
+        if self._down:
+            dx += _backward(self._down, d)
+        else:
+            dx += d
+        return dx
+
+    def _make_down(self, book, in_unit, res_unit, stride):
+        self.downsample = [book.conv(in_unit, res_unit, 1, stride),
+                           BatchNorm2d(res_unit.num_channels)]
+        self._down = self.downsample + [Gate(res_unit)]
+
+
+class BasicBlock(_ResidualBlock):
+    expansion = 1
+
+    def __init__(self, book, prefix, in_unit, res_unit, planes, stride, downsample):
+        u1 = book.unit(f"{prefix}.conv1", planes)
+        self.conv1 = book.conv(in_unit, u1, 3, stride, 1)
+        self.bn1 = BatchNorm2d(u1.num_channels)
+        self.conv2 = book.conv(u1, res_unit, 3, 1, 1)
+        self.bn2 = BatchNorm2d(res_unit.num_channels)
+        self.downsample = None
+        self._main = [self.conv1, self.bn1, Gate(u1), ReLU(), self.conv2, self.bn2, Gate(res_unit)]
+        self._down = None
+        if downsample:
+            self._make_down(book, in_unit, res_unit, stride)
+        self._relu = ReLU()
+        self.last_bn = self.bn2
+
+
+class Bottleneck(_ResidualBlock):
+    expansion = 4
+
+    def __init__(self, book, prefix, in_unit, res_unit, planes, stride, downsample):
+        u1 = book.unit(f"{prefix}.conv1", planes)
+        u2 = book.unit(f"{prefix}.conv2", planes)
+        self.conv1 = book.conv(in_unit, u1, 1)
+        self.bn1 = BatchNorm2d(u1.num_channels)
+        self.conv2 = book.conv(u1, u2, 3, stride, 1)          # style='pytorch': stride on the 3x3
+        self.bn2 = BatchNorm2d(u2.num_channels)
+        self.conv3 = book.conv(u2, res_unit, 1)
+        self.bn3 = BatchNorm2d(res_unit.num_channels)
+        self.downsample = None
+        self._main = [self.conv1, self.bn1, Gate(u1), ReLU(), self.conv2, self.bn2, Gate(u2), ReLU(),
+                      self.conv3, self.bn3, Gate(res_unit)]
+        self._down = None
+        if downsample:
+            self._make_down(book, in_unit, res_unit, stride)
+        self._relu = ReLU()
+        self.last_bn = self.bn3
+
+
+def _check_keys(kind, given, allowed):
+    bad = sorted(set(given) - set(allowed))
+    if bad:
+        raise UserError(f"{kind}: unknown key(s) {', '.join(repr(b) for b in bad)}; "
+                        f"accepted: {', '.join(sorted(allowed))}")
+
+
+class _Backbone(Module):
+    """Sequence of stem ops and stages with a units table."""
+
+    def forward(self, x):
+        return _forward(self._ops, x)
+
+    def backward(self, d):
+        return _backward(self._ops, d)
+
+
+class ResNet(_Backbone):
+    """mmcls ResNet, style='pytorch', or the small-input variant (``small_input=True``:
+    3x3 stride-1 stem, no max-pool, three stages of 16/32/64 channels x width)."""
+
+    arch = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)),
+            50: (Bottleneck, (3, 4, 6, 3)), 101: (Bottleneck, (3, 4, 23, 3)),
+            152: (Bottleneck, (3, 8, 36, 3))}
+
+    def __init__(self, depth=50, in_channels=3, num_stages=4, out_indices=None, style="pytorch",
+                 zero_init_residual=True, frozen_stages=-1, norm_eval=False, stem_channels=None,
+                 base_channels=None, small_input=False, rng=None, widths=None, **unused):
+        _check_keys("ResNet", unused, ())
+        if style != "pytorch":
+            raise UserError(f"ResNet: only style='pytorch' is supported, got {style!r}")
+        rng = rng if rng is not None else np.random.default_rng(0)
+        book = UnitBook(rng, widths)
+        if small_input:
+            if (depth - 2) % 6:
+                raise UserError(f"small-input ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
+            block, blocks, num_stages = BasicBlock, ((depth - 2) // 6,) * 3, 3
+            base = base_channels or 16
+            stem = stem_channels or base
+        else:
+            if depth not in self.arch:
+                raise UserError(f"ResNet depth must be one of {sorted(self.arch)}, got {depth}")
+            if not 1 <= num_stages <= 4:
+                raise UserError(f"ResNet num_stages must be 1..4, got {num_stages}")
+            block, blocks = self.arch[depth]
+            blocks = blocks[:num_stages]
+            base = base_channels or 64
+            stem = stem_channels or 64
+        if out_indices is not None and tuple(out_indices) != (num_stages - 1,):
+            raise UserError(f"ResNet: only the last stage output is supported "
+                            f"(out_indices=({num_stages - 1},)), got {tuple(out_indices)}")
+        self.depth, self.small_input = depth, small_input
+        stem_unit = book.unit("backbone.conv1", stem)
+        if small_input:
+            self.conv1 = book.conv(None, stem_unit, 3, 1, 1, in_channels=in_channels)
+        else:
+            self.conv1 = book.conv(None, stem_unit, 7, 2, 3, in_channels=in_channels)
+        self.bn1 = BatchNorm2d(stem_unit.num_channels)
+        self._ops = [self.conv1, self.bn1, Gate(stem_unit), ReLU()]
+        if not small_input:
+            self._ops.append(MaxPool2d(3, 2, 1))
+        in_unit, inplanes = stem_unit, stem
+        for s, nblocks in enumerate(blocks):
+            planes = base * 2 ** s
+            stride = 1 if s == 0 else 2
+            out_planes = planes * block.expansion
+            needs_down = stride != 1 or inplanes != out_planes
+            res_unit = book.unit(f"backbone.layer{s + 1}.0.conv{3 if block is Bottleneck else 2}",
+                                 out_planes) if needs_down else in_unit
+            layer = []
+            for b in range(nblocks):
+                layer.append(block(book, f"backbone.layer{s + 1}.{b}", in_unit, res_unit, planes,
+                                   stride if b == 0 else 1, needs_down and b == 0))
+                in_unit = res_unit
+            setattr(self, f"layer{s + 1}", layer)
+            self._ops.extend(layer)
+            inplanes = out_planes
+        if book.widths:
+            raise UserError(f"pruned widths name unknown unit(s): {', '.join(sorted(book.widths))}")
+        self.units = book.units
+        self.out_unit = in_unit
+        if zero_init_residual:
+            for layer in (getattr(self, f"layer{s + 1}") for s in range(len(blocks))):
+                for blk in layer:
+                    blk.last_bn.weight.data[...] = 0.0
+
+
+def make_divisible(value, divisor=8, min_value=None, min_ratio=0.9):
+    """mmcls/torchvision channel rounding."""
+    min_value = min_value or divisor
+    new = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new < min_ratio * value:
+        new += divisor
+    return new
+
+
+class InvertedResidual(Module):
+    def __init__(self, book, prefix, in_unit, out_unit, stride, expand_ratio, new_out_unit):
+        cin = in_unit.num_channels
+        self.use_res = stride == 1 and not new_out_unit
+        layers = []
+        if expand_ratio != 1:
+            hidden = book.unit(f"{prefix}.conv.0.conv", int(round(cin * expand_ratio)))
+            layers.append(ConvModule(book, in_unit, hidden, 1, act_cap=6.0))
+        else:
+            hidden = in_unit
+        layers.append(ConvModule(book, hidden, hidden, 3, stride, 1, act_cap=6.0, depthwise=True))
+        layers.append(ConvModule(book, hidden, out_unit, 1))
+        self.conv = layers
+
+    def forward(self, x):
+        out = _forward(self.conv, x)
+        if self.use_res:
+            y = np.empty_like(out)
+            _C.add_forward(y, out, x)
+            return y
+        return out
+
+    def backward(self, d):
+        dx = _backward(self.conv, d)
+        if self.use_res:
+            dx += d
+        return dx
+
+
+class MobileNetV2(_Backbone):
+    """mmcls MobileNetV2 (out_indices=(7,): the 1x1 conv2 output)."""
+
+    settings = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+    def __init__(self, widen_factor=1.0, in_channels=3, out_indices=(7,), frozen_stages=-1,
+                 norm_eval=False, rng=None, widths=None, **unused):
+        _check_keys("MobileNetV2", unused, ())
+        if tuple(out_indices) != (7,):
+            raise UserError(f"MobileNetV2: only out_indices=(7,) is supported, got {tuple(out_indices)}")
+        rng = rng if rng is not None else np.random.default_rng(0)
+        book = UnitBook(rng, widths)
+        self.widen_factor = widen_factor
+        stem = book.unit("backbone.conv1.conv", make_divisible(32 * widen_factor, 8))
+        self.conv1 = ConvModule(book, None, stem, 3, 2, 1, act_cap=6.0, in_channels=in_channels)
+        self._ops = [self.conv1]
+        in_unit = stem
+        for s, (t, c, n, stride) in enumerate(self.settings):
+            out_ch = make_divisible(c * widen_factor, 8)
+            prefix = f"backbone.layer{s + 1}"
+            out_unit = book.unit(f"{prefix}.0.conv.{1 if t == 1 else 2}.conv", out_ch)
+            layer = []
+            for b in range(n):
+                blk = InvertedResidual(book, f"{prefix}.{b}", in_unit, out_unit,
+                                       stride if b == 0 else 1, t, new_out_unit=(b == 0))
+                layer.append(blk)
+                in_unit = out_unit
+            setattr(self, f"layer{s + 1}", layer)
+            self._ops.extend(layer)
+        last = int(1280 * widen_factor) if widen_factor > 1.0 else 1280
+        last_unit = book.unit("backbone.conv2.conv", last)
+        self.conv2 = ConvModule(book, in_unit, last_unit, 1, act_cap=6.0)
+        self._ops.append(self.conv2)
+        if book.widths:
+            raise UserError(f"pruned widths name unknown unit(s): {', '.join(sorted(book.widths))}")
+        self.units = book.units
+        self.out_unit = last_unit
+
+
+class LinearClsHead(Module):
+    def __init__(self, num_classes, in_unit, loss=None, topk=(1,), in_channels=None, rng=None,
+                 cal_acc=False, init_cfg=None):
+        rng = rng if rng is not None else np.random.default_rng(0)
+        if in_channels is not None and in_channels != in_unit.num_channels:
+            raise UserError(f"LinearClsHead: in_channels={in_channels} but the backbone gives "
+                            f"{in_unit.num_channels} channels")
+        self.num_classes = num_classes
+        self.fc = Linear(in_unit.num_channels, num_classes, rng=rng)
+        self.fc.weight.data[...] = rng.normal(0.0, 0.01, self.fc.weight.shape).astype(np.float32)
+        self.fc.bias.data[...] = 0.0
+        self.fc.in_unit, self.fc.out_unit = in_unit, None
+        self.topk = tuple(topk) if isinstance(topk, (list, tuple)) else (topk,)
+        self.loss_module = build_loss(loss or dict(type="CrossEntropyLoss"), num_classes)
+
+    def forward(self, x):
+        return self.fc.forward(x)
+
+    def backward(self, d):
+        return self.fc.backward(d)
+
+
+def _strip_scope(t):
+    return t.split(".")[-1] if isinstance(t, str) else t
+
+
+def build_loss(cfg, num_classes):
+    cfg = dict(cfg)
+    t = _strip_scope(cfg.pop("type", None))
+    if t == "CrossEntropyLoss":
+        _check_keys("CrossEntropyLoss", cfg, ("loss_weight", "use_sigmoid", "use_soft"))
+        if cfg.get("use_sigmoid") or cfg.get("use_soft"):
+            raise UserError("CrossEntropyLoss: use_sigmoid/use_soft are not supported")
+        return CrossEntropyLoss(0.0, cfg.get("loss_weight", 1.0))
+    if t == "LabelSmoothLoss":
+        _check_keys("LabelSmoothLoss", cfg, ("label_smooth_val", "mode", "num_classes", "loss_weight",
+                                             "reduction", "use_sigmoid"))
+        mode = cfg.get("mode", "original")
+        if mode != "original":
+            raise UserError(f"LabelSmoothLoss: only mode='original' is supported, got {mode!r}")
+        if cfg.get("num_classes", num_classes) != num_classes:
+            raise UserError(f"LabelSmoothLoss: num_classes={cfg['num_classes']} but the head has {num_classes}")
+        return CrossEntropyLoss(float(cfg.get("label_smooth_val", 0.1)), cfg.get("loss_weight", 1.0))
+    raise UserError(f"loss type {t!r} is not one of CrossEntropyLoss, LabelSmoothLoss")
+
+
+class ImageClassifier(Module):
+    """backbone -> GlobalAveragePooling -> LinearClsHead, mmcls names."""
+
+    def __init__(self, backbone, neck=None, head=None, data_preprocessor=None, init_cfg=None,
+                 train_cfg=None, seed=0, widths=None, _scope_=None, pretrained=None):
+        rng = np.random.default_rng(seed)
+        bcfg = dict(backbone)
+        btype = _strip_scope(bcfg.pop("type", None))
+        if btype == "ResNet":
+            self.backbone = ResNet(rng=rng, widths=widths, **bcfg)
+        elif btype in ("ResNet_CIFAR", "CifarResNet"):
+            bcfg.setdefault("depth", 20)
+            self.backbone = ResNet(rng=rng, widths=widths, small_input=True, **bcfg)
+        elif btype == "MobileNetV2":
+            self.backbone = MobileNetV2(rng=rng, widths=widths, **bcfg)
+        else:
+            raise UserError(f"backbone type {btype!r} is not one of ResNet, ResNet_CIFAR, MobileNetV2")
+        ncfg = dict(neck or dict(type="GlobalAveragePooling"))
+        if _strip_scope(ncfg.pop("type", None)) != "GlobalAveragePooling":
+            raise UserError("neck: only GlobalAveragePooling is supported")
+        _check_keys("GlobalAveragePooling", ncfg, ("dim",))
+        self.neck = GlobalAvgPool()
+        hcfg = dict(head or {})
+        if _strip_scope(hcfg.pop("type", "LinearClsHead")) != "LinearClsHead":
+            raise UserError("head: only LinearClsHead is supported")
+        _check_keys("LinearClsHead", hcfg, ("num_classes", "in_channels", "loss", "topk", "cal_acc",
+                                            "init_cfg"))
+        if "num_classes" not in hcfg:
+            raise UserError("head: 'num_classes' is required")
+        self.head = LinearClsHead(in_unit=self.backbone.out_unit, rng=rng, **hcfg)
+        self.units = self.backbone.units
+        self._ops = [self.backbone, self.neck, self.head]
+        self._terms = {}
+
+    @property
+    def loss_module(self):
+        return self.head.loss_module
+
+    def forward(self, x):
+        return _forward(self._ops, x)
+
+    def backward(self, grad_logits):
+        return _backward(self._ops, grad_logits)
+
+    def load_state_dict(self, state, strict=True):
+        from .checkpoint import load_weights
+        return load_weights(self, state, strict)
+
+    # ---- FLOPs
+    def trace(self, input_shape):
+        """Forward one zero image of ``input_shape`` (C, H, W) in eval mode with the
+        gates off; every conv/linear records its active sizes.  Returns the layers."""
+        saved = [(m, m.training) for _, m in self.named_modules()]
+        gates = [(u, u.gate_on) for u in self.units.values()]
+        for u, _ in gates:
+            u.gate_on = False
+        self.eval()
+        try:
+            x = np.zeros((1,) + tuple(input_shape), np.float32)
+            layers = [(n, m) for n, m in self.named_modules() if isinstance(m, (Conv2d, Linear))]
+            self.forward(x)
+        finally:
+            for m, t in saved:
+                m.training = t
+            for u, g in gates:
+                u.gate_on = g
+        return layers
+
+    def flops_terms(self, input_shape, units=None):
+        """Rows [unit_a, unit_b, const_a, const_b, coef] for the C FLOPs routines."""
+        key = tuple(input_shape)
+        if key not in self._terms:
+            units = list(self.units.values()) if units is None else units
+            index = {id(u): i for i, u in enumerate(units)}
+            rows = []
+            for name, m in self.trace(input_shape):
+                if isinstance(m, Linear):
+                    rows.append([index.get(id(m.in_unit), -1), -1, m.in_features, m.out_features, 1.0])
+                    continue
+                oh, ow = m._out_hw
+                kk = m.kernel_size[0] * m.kernel_size[1] * oh * ow
+                ia = index.get(id(m.in_unit), -1)
+                if m.depthwise:
+                    rows.append([ia, -1, m.in_channels, 1.0, kk])
+                else:
+                    ib = index.get(id(m.out_unit), -1)
+                    rows.append([ia, ib, m.in_channels, m.out_channels, kk / m.groups])
+            self._terms[key] = np.array(rows, np.float64).reshape(-1, 5)
+        return self._terms[key]
+
+
+def build_model(cfg, seed=0):
+    """Build a model from a config dict: ImageClassifier, DMCP (its architecture,
+    with a mutator attached) or sub_model (a pruned network from a fix-subnet)."""
+    from .algorithm import build_algorithm_model
+    return build_algorithm_model(cfg, seed)

@@ -1,0 +1,296 @@
+"""Channel units: the search space of DMCP (DMCP.md sections 1-5, 8).
+
+A unit is a set of layer outputs that share one width.  It owns the Markov
+architecture parameters ``alpha``, knows its candidate widths, and sets the
+active width of every conv that writes into it.  The ``Mutator`` holds a
+model's units and does everything that spans them: width setting, sampling,
+expected FLOPs and its gradient (in C), the budget loss, fix-subnet JSON.
+"""
+import json
+import math
+import warnings
+
+import numpy as np
+
+from . import _C
+from .nn import Parameter
+
+PROB_TYPES = {"sigmoid": 0, "exp": 1}
+
+
+class UserError(Exception):
+    """A mistake in what the user supplied (config, JSON, data): the message
+    names the file/key/value at fault; tools print it without a traceback."""
+
+
+class ChannelUnit:
+    """One width shared by a set of layer outputs (see module docstring)."""
+
+    def __init__(self, name, num_channels):
+        self.name = name
+        self.num_channels = int(num_channels)
+        self.width = self.num_channels
+        self.out_convs = []          # convs (and linears) whose outputs form this unit
+        self.min_ch, self.group_size, self.ngroups = self.num_channels, 0, 0
+        self.alpha = Parameter(np.zeros(0, np.float32))
+        self.P = np.zeros(0, np.float32)
+        self.dP = np.zeros(0, np.float32)
+        self.gate_on = False
+
+    @property
+    def key(self):
+        """mmrazor's unit key: '<first layer>_(0, C)_C'."""
+        return f"{self.name}_(0, {self.num_channels})_{self.num_channels}"
+
+    def set_groups(self, min_rate, max_rate, offset):
+        """DMCP.md section 1: g = floor(offset*C/max_rate), n = floor((max-min)/offset + 1e-4),
+        m = C - g*n.  A unit too narrow for one channel per group is not pruned."""
+        c = self.num_channels
+        g = int(math.floor(offset * c / max_rate))
+        n = int(math.floor((max_rate - min_rate) / offset + 1e-4))
+        if g < 1 or n < 1 or c - g * n < 1:
+            g, n = 0, 0
+        self.group_size, self.ngroups, self.min_ch = g, n, c - g * n
+        self.alpha = Parameter(np.zeros(n, np.float32))
+        self.P = np.ones(n, np.float32)
+        self.dP = np.zeros(n, np.float32)
+
+    def candidates(self):
+        return [self.min_ch + k * self.group_size for k in range(self.ngroups + 1)]
+
+    def set_width(self, width):
+        self.width = int(width)
+        for layer in self.out_convs:
+            layer.out_active = None if self.width == layer.out_channels else self.width
+
+    def compute_probs(self, prob_type):
+        if self.ngroups:
+            _C.markov_probs_forward(self.P, self.alpha.data, prob_type)
+
+    def expected_width(self):
+        return self.min_ch + self.group_size * float(self.P.sum(dtype=np.float64))
+
+    def alpha_backward(self, prob_type):
+        """Turn the gates' dL/dP into dL/dalpha (accumulated in alpha.grad)."""
+        if self.ngroups:
+            _C.markov_probs_backward(self.alpha.grad, self.dP, self.P, self.alpha.data, prob_type)
+            self.dP.fill(0.0)
+
+
+def budget_loss(flops_mflops, target_mflops, loss_type="log_l1"):
+    """DMCP.md section 5, both arguments in MFLOPs.  Returns (loss, dloss/dflops)."""
+    f, t = float(flops_mflops), float(target_mflops)
+    diff = f - t
+    r = 0.1 if abs(diff) > 200 else 1.0
+    if loss_type == "log_l1":
+        if f < 0.95 * t:
+            return math.log(r * abs(diff)), 1.0 / diff
+        if f < t:
+            return 0.0, 0.0
+        d = f - 0.95 * t
+        return math.log(r * abs(d)), 1.0 / d
+    if loss_type == "l1":
+        return abs(diff), float(np.sign(diff))
+    if loss_type == "l2":
+        return diff * diff, 2.0 * diff
+    if loss_type == "inverted_log_l1":
+        a = abs(diff) + 1e-5
+        return math.log(a), float(np.sign(diff)) / a
+    raise UserError(f"flops_loss_type '{loss_type}' is not one of log_l1, l1, l2, inverted_log_l1")
+
+
+class Mutator:
+    """The units of one model and the operations across them."""
+
+    def __init__(self, model, pruning_cfg=(0.1, 1.0, 0.05), prob_type="exp"):
+        if prob_type not in PROB_TYPES:
+            raise UserError(f"prob_type '{prob_type}' is not one of {sorted(PROB_TYPES)}")
+        min_rate, max_rate, offset = (float(v) for v in pruning_cfg)
+        if not (0.0 < min_rate < max_rate <= 1.0 and 0.0 < offset <= max_rate - min_rate):
+            raise UserError(f"pruning_cfg {tuple(pruning_cfg)} must be (min_rate, max_rate, offset) "
+                            f"with 0 < min_rate < max_rate <= 1 and 0 < offset <= max_rate - min_rate")
+        self.model = model
+        self.pruning_cfg = (min_rate, max_rate, offset)
+        self.prob_type = PROB_TYPES[prob_type]
+        self.units = list(model.units.values())
+        for u in self.units:
+            u.set_groups(min_rate, max_rate, offset)
+        self._pack_tables()
+
+    # ---- tables for the C expected-FLOPs routine
+    def _pack_tables(self):
+        offsets = np.cumsum([0] + [u.ngroups for u in self.units])
+        self.nalpha = int(offsets[-1])
+        self.unit_table = np.array([[offsets[i], u.ngroups, u.min_ch, u.group_size]
+                                    for i, u in enumerate(self.units)], np.int32).reshape(-1, 4)
+        self._offsets = offsets
+
+    def arch_parameters(self):
+        return [u.alpha for u in self.units if u.ngroups]
+
+    def alpha_flat(self):
+        return np.concatenate([u.alpha.data for u in self.units] + [np.zeros(0, np.float32)])
+
+    def zero_alpha_grad(self):
+        for u in self.units:
+            u.alpha.zero_grad()
+
+    # ---- widths
+    def set_widths(self, mode, rng=None, choices=None):
+        """mode: 'max', 'min', 'random', 'direct', 'expected', or 'choice' with
+        ``choices`` {unit name or key: width}."""
+        rng = rng if rng is not None else np.random.default_rng()
+        if mode == "choice":
+            self.apply_choices(choices)
+            return
+        for u in self.units:
+            u.set_width(self._pick(u, mode, rng))
+
+    def _pick(self, u, mode, rng):
+        if mode == "max" or not u.ngroups:
+            return u.num_channels
+        if mode == "min":
+            return u.min_ch
+        if mode == "random":
+            return u.min_ch + u.group_size * int(rng.integers(0, u.ngroups + 1))
+        u.compute_probs(self.prob_type)
+        if mode == "direct":
+            p = np.empty(u.ngroups, np.float32)
+            p[0] = u.P[0]
+            p[1:] = u.P[1:] / np.maximum(u.P[:-1], 1e-30)     # conditional keep probabilities
+            keep = 0
+            for k in range(u.ngroups):
+                if rng.random() >= p[k]:
+                    break
+                keep += 1
+            return u.min_ch + u.group_size * keep
+        if mode == "expected":
+            k = int(round((u.expected_width() - u.min_ch) / u.group_size))
+            return u.min_ch + u.group_size * min(max(k, 0), u.ngroups)
+        raise UserError(f"width mode '{mode}' is not one of max, min, random, direct, expected, choice")
+
+    def widths(self):
+        return {u.name: u.width for u in self.units}
+
+    def set_gates(self, on):
+        """Architecture mode (DMCP.md section 3): full widths, every BN output
+        of a unit scaled by its marginal keep probabilities."""
+        for u in self.units:
+            if on:
+                u.set_width(u.num_channels)
+                u.compute_probs(self.prob_type)
+                u.dP.fill(0.0)
+            u.gate_on = bool(on) and u.ngroups > 0
+
+    def alpha_backward(self):
+        for u in self.units:
+            u.alpha_backward(self.prob_type)
+
+    # ---- FLOPs
+    def flops_terms(self, input_shape):
+        return self.model.flops_terms(input_shape, self.units)
+
+    def current_flops(self, input_shape):
+        """Conv+linear MACs at the current widths."""
+        widths = np.array([u.width for u in self.units], np.float64)
+        return _C.flops_of_widths(widths, self.flops_terms(input_shape))
+
+    def expected_flops(self, input_shape, grad_scale=None):
+        """E[F] in MACs; with grad_scale, adds grad_scale * dE[F]/dalpha into alpha.grad."""
+        alpha = self.alpha_flat()
+        terms = self.flops_terms(input_shape)
+        if grad_scale is None:
+            return _C.flops_expected(alpha, self.unit_table, terms, self.prob_type)
+        dalpha = np.zeros_like(alpha)
+        f = _C.flops_expected(alpha, self.unit_table, terms, self.prob_type, dalpha, float(grad_scale))
+        for i, u in enumerate(self.units):
+            if u.ngroups:
+                u.alpha.grad += dalpha[self._offsets[i]:self._offsets[i + 1]]
+        return f
+
+    def expected_channels(self):
+        for u in self.units:
+            u.compute_probs(self.prob_type)
+        return {u.name: u.expected_width() for u in self.units}
+
+    # ---- fix-subnet JSON (mmrazor's format)
+    def export_subnet(self, demo_input=(1, 3, 224, 224)):
+        units = {}
+        for u in self.units:
+            units[u.key] = {"init_args": {"num_channels": u.num_channels, "choice_mode": "number",
+                                          "divisor": 1, "min_value": 1, "min_ratio": 0.5},
+                            "choice": int(u.width)}
+        return {"type": "DMCPChannelMutator",
+                "channel_unit_cfg": {"type": "DMCPChannelUnit",
+                                     "default_args": {"choice_mode": "number"}, "units": units},
+                "parse_cfg": {"type": "ChannelAnalyzer", "demo_input": list(demo_input),
+                              "tracer_type": "BackwardTracer"}}
+
+    def apply_choices(self, choices, source="fix_subnet"):
+        """choices: {unit name or key: width}; validated, missing units stay full."""
+        by_name = {u.name: u for u in self.units}
+        by_key = {u.key: u for u in self.units}
+        seen = set()
+        for key, width in choices.items():
+            u = by_key.get(key) or by_name.get(key) or by_name.get(key.split("_(0, ")[0])
+            if u is None:
+                raise UserError(f"{source}: unit '{key}' does not exist in this model "
+                                f"(known units: {', '.join(list(by_name)[:4])}, ...)")
+            if not isinstance(width, (int, np.integer)) or isinstance(width, bool):
+                raise UserError(f"{source}: unit '{key}' choice must be an integer, got {width!r}")
+            if not 1 <= width <= u.num_channels:
+                raise UserError(f"{source}: unit '{key}' choice {width} is outside 1..{u.num_channels}")
+            seen.add(u.name)
+            u.set_width(int(width))
+        missing = [u.name for u in self.units if u.name not in seen]
+        for name in missing:
+            by_name[name].set_width(by_name[name].num_channels)
+        if missing:
+            warnings.warn(f"{source}: {len(missing)} unit(s) not given keep full width: "
+                          f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+
+
+def load_subnet(fix_subnet):
+    """Parse a fix-subnet JSON (path or dict) into {unit key: width}, with clear errors."""
+    source = "fix_subnet"
+    if isinstance(fix_subnet, str):
+        source = fix_subnet
+        try:
+            with open(fix_subnet) as f:
+                fix_subnet = json.load(f)
+        except FileNotFoundError:
+            raise UserError(f"fix_subnet file '{source}' does not exist") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"{source}: not valid JSON ({e})") from None
+    if not isinstance(fix_subnet, dict):
+        raise UserError(f"{source}: expected a JSON object, got {type(fix_subnet).__name__}")
+    units = fix_subnet.get("channel_unit_cfg", {}).get("units") if "channel_unit_cfg" in fix_subnet \
+        else fix_subnet.get("units", fix_subnet)
+    if not isinstance(units, dict) or not units:
+        raise UserError(f"{source}: no 'channel_unit_cfg.units' mapping found")
+    choices, declared = {}, {}
+    for key, entry in units.items():
+        if isinstance(entry, dict):
+            if "choice" not in entry:
+                raise UserError(f"{source}: unit '{key}' has no 'choice'")
+            choices[key] = entry["choice"]
+            n = entry.get("init_args", {}).get("num_channels")
+            if n is not None:
+                declared[key] = n
+        else:
+            choices[key] = entry
+    return choices, declared, source
+
+
+def apply_subnet(mutator, fix_subnet):
+    """Load a fix-subnet (file or dict) onto a supernet's units, checking num_channels."""
+    choices, declared, source = load_subnet(fix_subnet)
+    by_key = {u.key: u for u in mutator.units}
+    by_name = {u.name: u for u in mutator.units}
+    for key, n in declared.items():
+        u = by_key.get(key) or by_name.get(key.split("_(0, ")[0])
+        if u is not None and n != u.num_channels:
+            raise UserError(f"{source}: unit '{key}' declares num_channels {n} but the model's unit "
+                            f"has {u.num_channels}")
+    mutator.apply_choices(choices, source)
+    return mutator.widths()
