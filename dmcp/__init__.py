@@ -34,7 +34,12 @@ _pick_openblas_kernels()
 # forward 21 -> 90 GFLOP/s with a passive wait).  libgomp reads this at load.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import _C  # noqa: E402  (after the core-type choice)
+try:
+    from . import _C  # noqa: E402  (after the core-type choice)
+except ImportError as _e:  # a source checkout without the built extension
+    raise ImportError(f"dmcp._C is not built next to {os.path.dirname(__file__)} ({_e}); "
+                      "run `pip install -e .` in the checkout (or `pip install .` and import "
+                      "dmcp from outside the source tree)") from None
 from . import nn  # noqa: E402
 from .algorithm import DMCP, build_pruned  # noqa: E402
 from .config import Config, ConfigError  # noqa: E402

@@ -150,7 +150,7 @@ class BasicBlock(_ResidualBlock):
         if downsample:
             self._make_down(book, in_unit, res_unit, stride)
         self._relu = ReLU()
-        self.last_bn = self.bn2
+        self._last_bn = self.bn2
 
 
 class Bottleneck(_ResidualBlock):
@@ -172,7 +172,7 @@ class Bottleneck(_ResidualBlock):
         if downsample:
             self._make_down(book, in_unit, res_unit, stride)
         self._relu = ReLU()
-        self.last_bn = self.bn3
+        self._last_bn = self.bn3
 
 
 def _check_keys(kind, given, allowed):
@@ -259,7 +259,7 @@ class ResNet(_Backbone):
         if zero_init_residual:
             for layer in (getattr(self, f"layer{s + 1}") for s in range(len(blocks))):
                 for blk in layer:
-                    blk.last_bn.weight.data[...] = 0.0
+                    blk._last_bn.weight.data[...] = 0.0
 
 
 def make_divisible(value, divisor=8, min_value=None, min_ratio=0.9):

@@ -1,0 +1,924 @@
+"""Every binding of dmcp._C, forward and backward, against PyTorch (float64
+reference computed from the same float32 data), the optimised kernels against
+their _naive siblings, central finite differences of dmcp's own forwards, and
+thread-count independence.  Shapes are tiny and awkward on purpose."""
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dmcp import _C as C
+
+torch.set_num_threads(1)
+f32, f64 = np.float32, torch.float64
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def T(a, grad=False):
+    """float64 torch tensor of a numpy array (None stays None)."""
+    if a is None:
+        return None
+    return torch.tensor(np.asarray(a, np.float64), dtype=f64, requires_grad=grad)
+
+
+def npy(t):
+    return t.detach().numpy()
+
+
+def randn(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(f32)
+
+
+# ---------------------------------------------------------------- conv2d
+
+def conv_case(n, c, h, w, oc, k, stride=1, pad=0, dil=1, groups=1):
+    pair = lambda v: (v, v) if np.isscalar(v) else tuple(v)
+    return dict(n=n, c=c, h=h, w=w, oc=oc, k=pair(k), stride=pair(stride), pad=pair(pad),
+                dil=pair(dil), groups=groups)
+
+
+CONV_CASES = {
+    "3x3": conv_case(2, 3, 8, 8, 4, 3, 1, 1),
+    "3x3_s2_odd": conv_case(2, 4, 9, 7, 6, 3, 2, 1),
+    "3x3_p0_b1": conv_case(1, 3, 5, 6, 2, 3, 1, 0),
+    "3x3_p3_tiny": conv_case(2, 2, 3, 3, 3, 3, 1, 3),
+    "1x1_b1": conv_case(1, 5, 7, 9, 3, 1),
+    "1x1_s2": conv_case(2, 4, 8, 7, 8, 1, 2, 0),
+    "1x1_p1": conv_case(1, 3, 4, 5, 2, 1, 1, 1),
+    "7x7_s2_p3": conv_case(2, 3, 11, 10, 4, 7, 2, 3),
+    "3x3_dil2": conv_case(1, 3, 9, 9, 4, 3, 1, 2, 2),
+    "1x3_mixed": conv_case(2, 3, 7, 10, 5, (1, 3), (2, 1), (0, 1), (1, 2)),
+    "dw3x3": conv_case(2, 6, 9, 8, 6, 3, 1, 1, 1, 6),
+    "dw3x3_s2": conv_case(2, 6, 9, 8, 6, 3, 2, 1, 1, 6),
+    "dw3x3_p0_narrow": conv_case(2, 3, 3, 4, 3, 3, 1, 0, 1, 3),
+    "dw3x3_s2_w2": conv_case(1, 2, 5, 2, 2, 3, 2, 1, 1, 2),
+    "dw3x3_dil2": conv_case(2, 8, 9, 9, 8, 3, 1, 2, 2, 8),
+    "dw5x5_b1": conv_case(1, 4, 7, 7, 4, 5, 1, 2, 1, 4),
+    "dw7x7_s2_p3": conv_case(1, 3, 9, 8, 3, 7, 2, 3, 1, 3),
+    "g2_3x3": conv_case(2, 4, 8, 8, 6, 3, 1, 1, 1, 2),
+    "g4_3x3_s2": conv_case(2, 8, 7, 7, 8, 3, 2, 1, 1, 4),
+    "g2_1x1": conv_case(2, 4, 6, 6, 8, 1, 1, 0, 1, 2),
+    "g4_3x3_dil2_b1": conv_case(1, 8, 8, 9, 12, 3, 1, 2, 2, 4),
+}
+
+
+def conv_out_hw(cs):
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = cs["k"], cs["stride"], cs["pad"], cs["dil"]
+    oh = (cs["h"] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (cs["w"] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return oh, ow
+
+
+def conv_args(cs):
+    return (*cs["stride"], *cs["pad"], *cs["dil"], cs["groups"])
+
+
+def conv_data(rng, cs, bias):
+    n, c, oc, g = cs["n"], cs["c"], cs["oc"], cs["groups"]
+    kh, kw = cs["k"]
+    x = randn(rng, n, c, cs["h"], cs["w"])
+    wt = randn(rng, oc, c // g, kh, kw, scale=1.0 / np.sqrt(c // g * kh * kw))
+    b = randn(rng, oc) if bias else None
+    dout = randn(rng, n, oc, *conv_out_hw(cs))
+    return x, wt, b, dout
+
+
+def dmcp_conv(cs, x, wt, b, dout, naive=False, oc=None):
+    fwd = C.conv2d_forward_naive if naive else C.conv2d_forward
+    bwd = C.conv2d_backward_naive if naive else C.conv2d_backward
+    oc = cs["oc"] if oc is None else oc
+    out = np.full((x.shape[0], oc, *conv_out_hw(cs)), np.nan, f32)
+    fwd(out, x, wt, b, *conv_args(cs))
+    dx, dw = np.zeros_like(x), np.zeros_like(wt)
+    db = None if b is None else np.zeros_like(b)
+    bwd(dx, dw, db, dout, x, wt, *conv_args(cs))
+    return out, dx, dw, db
+
+
+def torch_conv(cs, x, wt, b, dout):
+    xt, wtt, bt = T(x, True), T(wt, True), T(b, b is not None)
+    y = F.conv2d(xt, wtt, bt, cs["stride"], cs["pad"], cs["dil"], cs["groups"])
+    y.backward(T(dout))
+    return npy(y), npy(xt.grad), npy(wtt.grad), None if b is None else npy(bt.grad)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("name", list(CONV_CASES))
+def test_conv2d_vs_torch(name, bias, rng, close):
+    cs = CONV_CASES[name]
+    x, wt, b, dout = conv_data(rng, cs, bias)
+    got = dmcp_conv(cs, x, wt, b, dout)
+    want = torch_conv(cs, x, wt, b, dout)
+    for label, g, r in zip(("out", "dinp", "dweight", "dbias"), got, want):
+        if r is not None:
+            close(g, r, f"conv2d {label}")
+
+
+@pytest.mark.parametrize("name", list(CONV_CASES))
+def test_conv2d_matches_naive(name, rng, close):
+    cs = CONV_CASES[name]
+    x, wt, b, dout = conv_data(rng, cs, True)
+    fast = dmcp_conv(cs, x, wt, b, dout)
+    naive = dmcp_conv(cs, x, wt, b, dout, naive=True)
+    for label, g, r in zip(("out", "dinp", "dweight", "dbias"), fast, naive):
+        close(g, r, f"conv2d vs naive {label}", rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("naive", [False, True], ids=["fast", "naive"])
+@pytest.mark.parametrize("name", ["3x3_s2_odd", "1x1_b1", "dw3x3", "g2_3x3"])
+def test_conv2d_backward_accumulates(name, naive, rng, close):
+    cs = CONV_CASES[name]
+    x, wt, b, dout = conv_data(rng, cs, True)
+    bwd = C.conv2d_backward_naive if naive else C.conv2d_backward
+    once = [np.zeros_like(x), np.zeros_like(wt), np.zeros_like(b)]
+    bwd(*once, dout, x, wt, *conv_args(cs))
+    twice = [np.zeros_like(x), np.zeros_like(wt), np.zeros_like(b)]
+    bwd(*twice, dout, x, wt, *conv_args(cs))
+    bwd(*twice, dout, x, wt, *conv_args(cs))
+    for g1, g2 in zip(once, twice):
+        close(g2, 2 * g1, "conv2d accumulate", rtol=1e-6, atol=0)
+    # accumulation into non-zero gradients: start + grad
+    start = [randn(rng, *g.shape) for g in once]
+    acc = [s.copy() for s in start]
+    bwd(*acc, dout, x, wt, *conv_args(cs))
+    for a, s, g1 in zip(acc, start, once):
+        close(a, s + g1, "conv2d accumulate", rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["3x3_s2_odd", "1x1_b1", "dw3x3", "g2_1x1"])
+def test_conv2d_backward_optional_grads(name, rng, close):
+    """Each of dinp/dweight/dbias may be None; the others are unchanged."""
+    cs = CONV_CASES[name]
+    x, wt, b, dout = conv_data(rng, cs, True)
+    full = dmcp_conv(cs, x, wt, b, dout)[1:]
+    for keep in range(3):
+        grads = [None, None, None]
+        grads[keep] = np.zeros_like((x, wt, b)[keep])
+        C.conv2d_backward(*grads, dout, x, wt, *conv_args(cs))
+        close(grads[keep], full[keep], "conv2d optional grads", rtol=1e-6, atol=1e-7)
+    C.conv2d_backward(None, None, None, dout, x, wt, *conv_args(cs))   # nothing to do, no crash
+
+
+SLICE_CASES = {   # geometry + (C_full, OC_full) of the weight buffer; groups == 1
+    "3x3": (conv_case(2, 3, 7, 8, 4, 3, 1, 1), 5, 7),
+    "1x1": (conv_case(2, 3, 5, 5, 2, 1), 6, 4),
+    "3x3_s2": (conv_case(1, 2, 9, 7, 3, 3, 2, 1), 4, 5),
+    "7x7_s2_p3": (conv_case(2, 3, 10, 9, 4, 7, 2, 3), 5, 6),
+    "3x3_dil2": (conv_case(1, 4, 9, 9, 3, 3, 1, 2, 2), 8, 8),
+}
+
+
+@pytest.mark.parametrize("naive", [False, True], ids=["fast", "naive"])
+@pytest.mark.parametrize("name", list(SLICE_CASES))
+def test_conv2d_channel_sliced(name, naive, rng, close):
+    cs, cf, ocf = SLICE_CASES[name]
+    c, oc = cs["c"], cs["oc"]
+    kh, kw = cs["k"]
+    x = randn(rng, cs["n"], c, cs["h"], cs["w"])
+    wfull = randn(rng, ocf, cf, kh, kw, scale=0.3)
+    bfull = randn(rng, ocf)
+    dout = randn(rng, cs["n"], oc, *conv_out_hw(cs))
+    out, dx, dwf, dbf = dmcp_conv(cs, x, wfull, bfull, dout, naive=naive)
+    want = torch_conv(cs, x, wfull[:oc, :c], bfull[:oc], dout)
+    close(out, want[0], "conv2d sliced out")
+    close(dx, want[1], "conv2d sliced dinp")
+    close(dwf[:oc, :c], want[2], "conv2d sliced dweight")
+    close(dbf[:oc], want[3], "conv2d sliced dbias")
+    rest = dwf.copy()
+    rest[:oc, :c] = 0
+    assert not rest.any(), "conv2d_backward wrote dweight outside [:oc, :c]"
+    assert not dbf[oc:].any(), "conv2d_backward wrote dbias beyond oc"
+
+
+@pytest.mark.parametrize("naive", [False, True], ids=["fast", "naive"])
+@pytest.mark.parametrize("k,stride,pad", [(3, 1, 1), (3, 2, 1), (5, 1, 2)])
+def test_conv2d_depthwise_sliced(k, stride, pad, naive, rng, close):
+    cf, c = 7, 4
+    cs = conv_case(2, c, 8, 7, c, k, stride, pad, 1, c)
+    x = randn(rng, 2, c, 8, 7)
+    wfull = randn(rng, cf, 1, k, k, scale=0.3)
+    bfull = randn(rng, cf)
+    dout = randn(rng, 2, c, *conv_out_hw(cs))
+    out, dx, dwf, dbf = dmcp_conv(cs, x, wfull, bfull, dout, naive=naive)
+    want = torch_conv(cs, x, wfull[:c], bfull[:c], dout)
+    for label, g, r in zip(("out", "dinp", "dweight", "dbias"), (out, dx, dwf[:c], dbf[:c]), want):
+        close(g, r, f"conv2d depthwise sliced {label}")
+    assert not dwf[c:].any() and not dbf[c:].any(), "depthwise backward wrote beyond c channels"
+
+
+def test_conv2d_scratch_shared_across_threads(rng, close):
+    """Python threads calling in parallel share one scratch buffer (mutex):
+    results equal the sequential ones; scratch_free releases it."""
+    names = ["3x3_s2_odd", "7x7_s2_p3", "g2_3x3", "3x3_dil2"]
+    data = [(CONV_CASES[nm], *conv_data(rng, CONV_CASES[nm], True)) for nm in names]
+    want = [dmcp_conv(*d) for d in data]
+    assert C.scratch_floats() > 0
+    results = {}
+
+    def work(i):
+        for rep in range(5):
+            results[(i, rep)] = dmcp_conv(*data[i % len(data)])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for (i, rep), got in results.items():
+        for g, r in zip(got, want[i % len(data)]):
+            close(g, r, "conv2d threaded", rtol=1e-6, atol=1e-6)
+    C.scratch_free()
+    assert C.scratch_floats() == 0
+    got = dmcp_conv(*data[0])
+    close(got[0], want[0][0], "conv2d threaded", rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- batchnorm
+
+BN_SHAPES = [(2, 3, 4, 5), (1, 4, 3, 3), (4, 2, 1, 1), (3, 5, 7, 1), (2, 1, 2, 2)]
+
+
+def bn_data(rng, shape, cf):
+    x = (rng.standard_normal(shape) * 2.0 + 0.5).astype(f32)
+    gamma = rng.uniform(0.5, 1.5, cf).astype(f32)
+    beta = randn(rng, cf)
+    rm = randn(rng, cf)
+    rv = rng.uniform(0.5, 2.0, cf).astype(f32)
+    dout = randn(rng, *shape)
+    return x, gamma, beta, rm, rv, dout
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=str)
+def test_batchnorm_train_vs_torch(shape, affine, rng, close):
+    c, cf, eps = shape[1], shape[1] + 2, 1e-5     # buffers longer than c: channel-sliced
+    x, gamma, beta, rm, rv, dout = bn_data(rng, shape, cf)
+    if not affine:
+        gamma = beta = None
+    rm0, rv0 = rm.copy(), rv.copy()
+    out, sm, si = np.empty_like(x), np.empty(c, f32), np.empty(c, f32)
+    C.batchnorm_forward_train(out, sm, si, rm, rv, x, gamma, beta, 0.1, eps)
+
+    xt = T(x, True)
+    gt = None if gamma is None else T(gamma[:c], True)
+    bt = None if beta is None else T(beta[:c], True)
+    rmt, rvt = T(rm0[:c]), T(rv0[:c])
+    y = F.batch_norm(xt, rmt, rvt, gt, bt, training=True, momentum=0.1, eps=eps)
+    close(out, npy(y), "batchnorm train out")
+    x64 = x.astype(np.float64)
+    close(sm, x64.mean(axis=(0, 2, 3)), "batchnorm save_mean")
+    close(si, 1 / np.sqrt(x64.var(axis=(0, 2, 3)) + eps), "batchnorm save_invstd")
+    close(rm[:c], npy(rmt), "batchnorm running_mean")
+    close(rv[:c], npy(rvt), "batchnorm running_var (unbiased)")
+    assert np.array_equal(rm[c:], rm0[c:]) and np.array_equal(rv[c:], rv0[c:]), \
+        "batchnorm_forward_train touched running stats beyond c"
+
+    dx = np.zeros_like(x)
+    dg, db = (np.zeros(cf, f32), np.zeros(cf, f32)) if affine else (None, None)
+    C.batchnorm_backward(dx, dg, db, dout, x, sm, si, gamma, True)
+    y.backward(T(dout))
+    close(dx, npy(xt.grad), "batchnorm train dinp", atol=1e-4)
+    if affine:
+        close(dg[:c], npy(gt.grad), "batchnorm dgamma")
+        close(db[:c], npy(bt.grad), "batchnorm dbeta")
+        assert not dg[c:].any() and not db[c:].any()
+
+
+def test_batchnorm_momentum_negative_skips_running_update(rng):
+    x, gamma, beta, rm, rv, _ = bn_data(rng, (2, 3, 4, 4), 3)
+    rm0, rv0 = rm.copy(), rv.copy()
+    out, sm, si = np.empty_like(x), np.empty(3, f32), np.empty(3, f32)
+    C.batchnorm_forward_train(out, sm, si, rm, rv, x, gamma, beta, -1.0, 1e-5)
+    assert np.array_equal(rm, rm0) and np.array_equal(rv, rv0)
+
+
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=str)
+def test_batchnorm_eval_vs_torch(shape, rng, close):
+    c, cf, eps = shape[1], shape[1] + 2, 1e-3
+    x, gamma, beta, rm, rv, dout = bn_data(rng, shape, cf)
+    out = np.empty_like(x)
+    C.batchnorm_forward_eval(out, x, gamma, beta, rm, rv, eps)
+    xt, gt, bt = T(x, True), T(gamma[:c], True), T(beta[:c], True)
+    y = F.batch_norm(xt, T(rm[:c]), T(rv[:c]), gt, bt, training=False, eps=eps)
+    close(out, npy(y), "batchnorm eval out")
+
+    invstd = (1.0 / np.sqrt(rv[:c].astype(np.float64) + eps)).astype(f32)
+    dx, dg, db = np.zeros_like(x), np.zeros(cf, f32), np.zeros(cf, f32)
+    C.batchnorm_backward(dx, dg, db, dout, x, rm[:c].copy(), invstd, gamma, False)
+    y.backward(T(dout))
+    close(dx, npy(xt.grad), "batchnorm eval dinp")
+    close(dg[:c], npy(gt.grad), "batchnorm dgamma")
+    close(db[:c], npy(bt.grad), "batchnorm dbeta")
+    assert not dg[c:].any() and not db[c:].any()
+
+
+# ---------------------------------------------------------------- elementwise
+
+@pytest.mark.parametrize("cap", [0.0, 6.0], ids=["relu", "relu6"])
+def test_relu_vs_torch(cap, rng, close):
+    x = randn(rng, 3, 4, 5, 7, scale=5.0)       # many values above 6, none exactly 0 or 6
+    dout = randn(rng, *x.shape)
+    out = np.empty_like(x)
+    C.relu_forward(out, x, cap)
+    xt = T(x, True)
+    y = F.relu6(xt) if cap else F.relu(xt)
+    close(out, npy(y), "relu", rtol=0, atol=0)
+    dx = np.ones_like(x)                          # accumulates onto 1
+    C.relu_backward(dx, dout, out, cap)
+    y.backward(T(dout))
+    close(dx, 1 + npy(xt.grad).astype(f32), "relu", rtol=0, atol=0)
+    inplace = x.copy()                           # out may alias inp
+    C.relu_forward(inplace, inplace, cap)
+    close(inplace, out, "relu", rtol=0, atol=0)
+
+
+def test_relu_default_cap_and_large(rng, close):
+    x = randn(rng, 70000, scale=10.0)            # above the OpenMP threshold
+    out = np.empty_like(x)
+    C.relu_forward(out, x)
+    close(out, np.maximum(x, 0), "relu", rtol=0, atol=0)
+
+
+def test_add(rng, close):
+    a, b = randn(rng, 2, 3, 5, 5), randn(rng, 2, 3, 5, 5)
+    out = np.empty_like(a)
+    C.add_forward(out, a, b)
+    close(out, a + b, "add", rtol=0, atol=0)
+    d = randn(rng, *a.shape)
+    acc = np.ones_like(a)
+    C.add_backward(acc, d)
+    C.add_backward(acc, d)
+    close(acc, 1 + d + d, "add", rtol=0, atol=0)
+
+
+MAXPOOL_CASES = [  # n, c, h, w, k, s, p
+    (2, 3, 8, 8, 3, 2, 1), (1, 2, 7, 9, 3, 2, 1), (2, 2, 8, 8, 2, 2, 0),
+    (1, 3, 7, 7, 2, 2, 0), (2, 2, 5, 6, 3, 1, 1), (1, 1, 1, 1, 1, 1, 0),
+    (1, 2, 4, 5, 2, 1, 1), (1, 2, 9, 9, 3, 3, 0),
+]
+
+
+@pytest.mark.parametrize("n,c,h,w,k,s,p", MAXPOOL_CASES)
+def test_maxpool2d_vs_torch(n, c, h, w, k, s, p, rng, close):
+    size = n * c * h * w
+    x = ((rng.permutation(size) - size / 2) * 0.25).astype(f32).reshape(n, c, h, w)   # no ties
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    out, am = np.empty((n, c, oh, ow), f32), np.empty((n, c, oh, ow), np.int32)
+    C.maxpool2d_forward(out, am, x, k, s, p)
+    xt = T(x, True)
+    y, idx = F.max_pool2d(xt, k, s, p, return_indices=True)
+    close(out, npy(y), "maxpool2d", rtol=0, atol=0)
+    assert np.array_equal(am, idx.numpy()), "argmax differs from torch's flat indices"
+    dout = randn(rng, n, c, oh, ow)
+    dx = np.zeros_like(x)
+    C.maxpool2d_backward(dx, dout, am)
+    y.backward(T(dout))
+    close(dx, npy(xt.grad), "maxpool2d", rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 1, 1, 1), (3, 4, 7, 7), (1, 2, 1, 9)], ids=str)
+def test_avgpool_global_vs_torch(shape, rng, close):
+    x = randn(rng, *shape)
+    out = np.empty(shape[:2], f32)
+    C.avgpool_global_forward(out, x)
+    xt = T(x, True)
+    y = xt.mean(dim=(2, 3))
+    close(out, npy(y), "avgpool_global")
+    dout = randn(rng, *shape[:2])
+    dx = np.zeros_like(x)
+    C.avgpool_global_backward(dx, dout)
+    y.backward(T(dout))
+    close(dx, npy(xt.grad), "avgpool_global")
+
+
+# ---------------------------------------------------------------- linear
+
+LINEAR_CASES = {  # n, in_f, out_f, in_full, out_full
+    "plain": (4, 5, 3, 5, 3),
+    "batch1": (1, 7, 2, 7, 2),
+    "sliced": (3, 6, 4, 9, 7),
+    "one": (5, 1, 1, 1, 1),
+    "sliced_big": (2, 33, 17, 40, 20),
+}
+
+
+def linear_run(args, x, wf, bf, dout, naive=False):
+    n, in_f, out_f, in_full, out_full = args
+    out = np.full((n, out_f), np.nan, f32)
+    (C.linear_forward_naive if naive else C.linear_forward)(out, x, wf, bf)
+    dx, dw = np.zeros_like(x), np.zeros_like(wf)
+    db = None if bf is None else np.zeros_like(bf)
+    (C.linear_backward_naive if naive else C.linear_backward)(dx, dw, db, dout, x, wf)
+    return out, dx, dw, db
+
+
+@pytest.mark.parametrize("naive", [False, True], ids=["fast", "naive"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("name", list(LINEAR_CASES))
+def test_linear_vs_torch(name, bias, naive, rng, close):
+    n, in_f, out_f, in_full, out_full = args = LINEAR_CASES[name]
+    x, wf = randn(rng, n, in_f), randn(rng, out_full, in_full, scale=0.3)
+    bf = randn(rng, out_full) if bias else None
+    dout = randn(rng, n, out_f)
+    out, dx, dw, db = linear_run(args, x, wf, bf, dout, naive)
+    xt, wt = T(x, True), T(wf[:out_f, :in_f], True)
+    bt = T(bf[:out_f], True) if bias else None
+    y = F.linear(xt, wt, bt)
+    y.backward(T(dout))
+    close(out, npy(y), "linear out")
+    close(dx, npy(xt.grad), "linear dinp")
+    close(dw[:out_f, :in_f], npy(wt.grad), "linear dweight")
+    rest = dw.copy()
+    rest[:out_f, :in_f] = 0
+    assert not rest.any(), "linear_backward wrote dweight outside [:out_f, :in_f]"
+    if bias:
+        close(db[:out_f], npy(bt.grad), "linear dbias")
+        assert not db[out_f:].any()
+
+
+@pytest.mark.parametrize("name", list(LINEAR_CASES))
+def test_linear_matches_naive_and_accumulates(name, rng, close):
+    n, in_f, out_f, in_full, out_full = args = LINEAR_CASES[name]
+    x, wf, bf = randn(rng, n, in_f), randn(rng, out_full, in_full), randn(rng, out_full)
+    dout = randn(rng, n, out_f)
+    fast = linear_run(args, x, wf, bf, dout)
+    naive = linear_run(args, x, wf, bf, dout, naive=True)
+    for g, r in zip(fast, naive):
+        close(g, r, "linear vs naive", rtol=1e-5, atol=1e-6)
+    grads = [np.zeros_like(x), np.zeros_like(wf), np.zeros_like(bf)]
+    C.linear_backward(*grads, dout, x, wf)
+    C.linear_backward(*grads, dout, x, wf)
+    for g, r in zip(grads, fast[1:]):
+        close(g, 2 * r, "linear accumulate", rtol=1e-6, atol=0)
+
+
+# ---------------------------------------------------------------- dropout
+
+def test_dropout_mask_rate_and_backward(rng, close):
+    p = 0.3
+    x = randn(rng, 200_000)
+    out, mask = np.empty_like(x), np.empty_like(x)
+    C.dropout_forward(out, mask, x, p, 12345)
+    scale = f32(1) / (f32(1) - f32(p))
+    assert set(np.unique(mask)) <= {f32(0), scale}, np.unique(mask)
+    rate = float((mask == 0).mean())
+    assert abs(rate - p) < 0.005, rate                      # 5 sigma ~ 0.005 at n = 2e5
+    close(out, x * mask, "dropout", rtol=0, atol=0)
+    dout = randn(rng, *x.shape)
+    dx = np.ones_like(x)
+    C.dropout_backward(dx, dout, mask)
+    close(dx, 1 + dout * mask, "dropout", rtol=0, atol=0)
+
+    out2, mask2 = np.empty_like(x), np.empty_like(x)
+    C.dropout_forward(out2, mask2, x, p, 12345)
+    assert np.array_equal(mask, mask2), "same seed must give the same mask"
+    C.dropout_forward(out2, mask2, x, p, 12346)
+    assert (mask != mask2).mean() > 0.3, "a different seed must give a different mask"
+    C.dropout_forward(out2, mask2, x, 0.0, 7)
+    assert np.all(mask2 == 1) and np.array_equal(out2, x), "p = 0 keeps everything"
+
+
+def test_dropout_small_tensor_prefix_of_large(rng):
+    """Counter-based: element i's mask does not depend on the tensor length."""
+    x = randn(rng, 50_000)
+    out, mask = np.empty_like(x), np.empty_like(x)
+    C.dropout_forward(out, mask, x, 0.5, 99)
+    small = x[:100].copy()
+    out_s, mask_s = np.empty_like(small), np.empty_like(small)
+    C.dropout_forward(out_s, mask_s, small, 0.5, 99)
+    assert np.array_equal(mask_s, mask[:100])
+
+
+# ---------------------------------------------------------------- losses
+
+CE_CASES = [(5, 7, 1.0), (1, 3, 1.0), (8, 10, 20.0), (6, 2, 3.0)]
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("n,k,scale", CE_CASES)
+def test_crossentropy_vs_torch(n, k, scale, smoothing, rng, close):
+    x = randn(rng, n, k, scale=scale)
+    labels = rng.integers(0, k, n).astype(np.int64)
+    losses, probs = np.empty(n, f32), np.empty_like(x)
+    C.crossentropy_forward(losses, probs, x, labels, smoothing)
+    xt = T(x, True)
+    lt = torch.tensor(labels)
+    per = F.cross_entropy(xt, lt, reduction="none", label_smoothing=smoothing)
+    mean = F.cross_entropy(xt, lt, label_smoothing=smoothing)
+    close(losses, npy(per), "crossentropy loss")
+    close(losses.mean(dtype=np.float64), npy(mean), "crossentropy loss")
+    close(probs, npy(torch.softmax(xt, 1)), "crossentropy probs")
+    dx = np.zeros_like(x)
+    C.crossentropy_backward(dx, probs, labels, smoothing, 1.0 / n)
+    mean.backward()
+    close(dx, npy(xt.grad), "crossentropy dlogits")
+    C.crossentropy_backward(dx, probs, labels, smoothing, 1.0 / n)     # accumulates
+    close(dx, 2 * npy(xt.grad), "crossentropy dlogits")
+
+
+@pytest.mark.parametrize("tau", [1.0, 4.0])
+@pytest.mark.parametrize("n,k,scale", CE_CASES)
+def test_kldiv_vs_torch(n, k, scale, tau, rng, close):
+    s, t = randn(rng, n, k, scale=scale), randn(rng, n, k, scale=scale)
+    losses, ps, pt = np.empty(n, f32), np.empty_like(s), np.empty_like(s)
+    C.kldiv_forward(losses, ps, pt, s, t, tau)
+    st, tt = T(s, True), T(t)
+    ref = tau ** 2 * F.kl_div(F.log_softmax(st / tau, 1), F.softmax(tt / tau, 1), reduction="batchmean")
+    close(losses.mean(dtype=np.float64), npy(ref), "kldiv loss", atol=1e-6)
+    close(ps, npy(F.softmax(st / tau, 1)), "kldiv probs")
+    close(pt, npy(F.softmax(tt / tau, 1)), "kldiv probs")
+    ds = np.zeros_like(s)
+    C.kldiv_backward(ds, ps, pt, tau, 1.0 / n)
+    ref.backward()
+    close(ds, npy(st.grad), "kldiv dstudent")
+
+
+# ---------------------------------------------------------------- optimisers
+
+@pytest.mark.parametrize("momentum,nesterov,wd,dampening", [
+    (0.9, False, 1e-2, 0.0), (0.9, True, 5e-4, 0.0), (0.0, False, 1e-2, 0.0),
+    (0.5, False, 0.0, 0.3),
+])
+def test_sgd_vs_torch(momentum, nesterov, wd, dampening, rng, close):
+    shape, lr = (5, 7), 0.1
+    p = randn(rng, *shape)
+    grads = [randn(rng, *shape) for _ in range(3)]
+    buf = np.zeros_like(p) if momentum else None
+    pt = T(p, True)
+    opt = torch.optim.SGD([pt], lr=lr, momentum=momentum, dampening=dampening,
+                          weight_decay=wd, nesterov=nesterov)
+    for i, g in enumerate(grads):
+        C.sgd_step(p, buf, g, lr, momentum, dampening, wd, nesterov, i == 0)
+        pt.grad = T(g)
+        opt.step()
+        close(p, npy(pt), "sgd_step", rtol=1e-6, atol=1e-6)
+        if momentum:
+            close(buf, npy(opt.state[pt]["momentum_buffer"]), "sgd_step", rtol=1e-6, atol=1e-6)
+
+
+def test_adam_vs_torch(rng, close):
+    shape, lr, betas, eps, wd = (4, 9), 1e-2, (0.9, 0.999), 1e-8, 1e-2
+    p = randn(rng, *shape)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    pt = T(p, True)
+    opt = torch.optim.Adam([pt], lr=lr, betas=betas, eps=eps, weight_decay=wd)
+    for step in range(1, 4):
+        g = randn(rng, *shape)
+        C.adam_step(p, m, v, g, lr, *betas, eps, wd, step)
+        pt.grad = T(g)
+        opt.step()
+        close(p, npy(pt), "adam_step", rtol=1e-6, atol=1e-6)
+        close(m, npy(opt.state[pt]["exp_avg"]), "adam_step", rtol=1e-5, atol=1e-7)
+        # 1 - beta2 is formed in float32 (1 - 0.999f = 0.0010000467): v is off by ~5e-5 relative
+        close(v, npy(opt.state[pt]["exp_avg_sq"]), "adam_step exp_avg_sq", rtol=1e-4, atol=1e-9)
+
+
+# ---------------------------------------------------------------- Markov gates
+
+def torch_keep(a, prob_type):
+    return torch.sigmoid(a) if prob_type == 0 else torch.exp(-torch.clamp(a, min=0))
+
+
+@pytest.mark.parametrize("prob_type", [0, 1], ids=["sigmoid", "exp"])
+@pytest.mark.parametrize("n", [1, 5, 8])
+def test_markov_probs_vs_torch(n, prob_type, rng, close):
+    alpha = rng.uniform(-3, 3, n).astype(f32)
+    alpha[np.abs(alpha) < 1e-3] = 0.5                # stay off the kink of max(a, 0)
+    P = np.empty(n, f32)
+    C.markov_probs_forward(P, alpha, prob_type)
+    at = T(alpha, True)
+    Pt = torch.cumprod(torch_keep(at, prob_type), 0)
+    close(P, npy(Pt), "markov_probs", rtol=1e-5, atol=1e-7)
+    dP = randn(rng, n)
+    da = np.ones(n, f32)                                 # accumulates onto 1
+    C.markov_probs_backward(da, dP, P, alpha, prob_type)
+    (Pt * T(dP)).sum().backward()
+    close(da, 1 + npy(at.grad), "markov_probs", rtol=1e-5, atol=1e-6)
+
+
+GATE_CASES = [  # n, min_ch, group_size, ngroups, h, w
+    (2, 3, 2, 4, 3, 2), (1, 0, 4, 3, 2, 2), (3, 5, 1, 6, 1, 1), (2, 4, 3, 0, 2, 3), (1, 1, 8, 2, 5, 5),
+]
+
+
+def torch_gate(x, P, m, g):
+    return x * torch.cat([torch.ones(m, dtype=f64), P.repeat_interleave(g)]).view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("n,m,g,ng,h,w", GATE_CASES)
+def test_gate_vs_torch(n, m, g, ng, h, w, rng, close):
+    c = m + ng * g
+    x = randn(rng, n, c, h, w)
+    P = rng.uniform(0.05, 1.0, ng).astype(f32)
+    out = np.empty_like(x)
+    C.gate_forward(out, x, P, m, g)
+    xt, Pt = T(x, True), T(P, True)
+    y = torch_gate(xt, Pt, m, g)
+    close(out, npy(y).astype(f32), "gate", rtol=0, atol=0)     # one float32 product: exact
+    inplace = x.copy()
+    C.gate_forward(inplace, inplace, P, m, g)            # out may alias inp
+    close(inplace, out, "gate", rtol=0, atol=0)
+    dout = randn(rng, *x.shape)
+    dx, dP = np.zeros_like(x), np.zeros_like(P)
+    C.gate_backward(dx, dP, dout, x, P, m, g)
+    y.backward(T(dout))
+    close(dx, npy(xt.grad), "gate dinp")
+    if ng:
+        close(dP, npy(Pt.grad), "gate dP")
+    dP2 = np.zeros_like(P)
+    C.gate_backward(None, dP2, dout, x, P, m, g)          # optional outputs
+    C.gate_backward(None, dP2, dout, x, P, m, g)
+    close(dP2, 2 * dP, "gate dP", rtol=1e-6, atol=0)
+
+
+# ---------------------------------------------------------------- expected FLOPs
+
+# A made-up 3-unit network: stem conv 3 -> u0 (3x3, 16x16 out), conv u0 -> u1
+# (3x3 stride 2, 8x8 out), depthwise on u1 (3x3, 8x8), pointwise u1 -> u2 (8x8),
+# linear u2 -> 10, and a fixed layer (2 x 5 channels).
+FLOPS_UNITS = np.array([[0, 3, 2, 2],      # offset, ngroups, min_ch, group_size: C = 8
+                        [3, 4, 4, 4],      # C = 20
+                        [7, 2, 1, 3]],     # C = 7
+                       np.int32)
+FLOPS_TERMS = np.array([[-1, 0, 3, 0, 9 * 16 * 16],
+                        [0, 1, 0, 0, 9 * 8 * 8],
+                        [1, -1, 0, 1, 9 * 8 * 8],
+                        [1, 2, 0, 0, 8 * 8],
+                        [2, -1, 0, 10, 1],
+                        [-1, -1, 2, 5, 7]], np.float64)
+
+
+def torch_flops_of_widths(E):
+    total = 0
+    for ua, ub, ca, cb, coef in FLOPS_TERMS:
+        a = E[int(ua)] if ua >= 0 else ca
+        b = E[int(ub)] if ub >= 0 else cb
+        total = total + coef * a * b
+    return total
+
+
+def torch_expected_widths(alpha, prob_type):
+    E = []
+    for off, ng, m, g in FLOPS_UNITS:
+        P = torch.cumprod(torch_keep(alpha[off:off + ng], prob_type), 0)
+        E.append(m + g * P.sum())
+    return E
+
+
+def test_flops_of_widths_vs_torch(rng, close):
+    widths = rng.uniform(1, 20, 3)
+    dw = np.ones(3)
+    got = C.flops_of_widths(widths, FLOPS_TERMS, dw)
+    Et = T(widths, True)
+    ref = torch_flops_of_widths([Et[i] for i in range(3)])
+    ref.backward()
+    close(got, npy(ref), "flops_of_widths", rtol=1e-12, atol=0)
+    close(dw, 1 + npy(Et.grad), "flops_of_widths", rtol=1e-12, atol=0)
+    assert C.flops_of_widths(widths, FLOPS_TERMS) == got
+
+
+@pytest.mark.parametrize("prob_type", [0, 1], ids=["sigmoid", "exp"])
+def test_flops_expected_vs_torch(prob_type, rng, close):
+    alpha = rng.uniform(-2, 2, 9).astype(f32)
+    alpha[np.abs(alpha) < 1e-3] = 0.5
+    at = T(alpha, True)
+    ref = torch_flops_of_widths(torch_expected_widths(at, prob_type))
+    ref.backward()
+    scale = 1e-3
+    dalpha = np.zeros(9, f32)
+    got = C.flops_expected(alpha, FLOPS_UNITS, FLOPS_TERMS, prob_type, dalpha, scale)
+    close(got, npy(ref), "flops_expected", rtol=1e-6, atol=0)
+    close(dalpha, scale * npy(at.grad), "flops_expected dalpha", rtol=1e-5, atol=0)
+    assert C.flops_expected(alpha, FLOPS_UNITS, FLOPS_TERMS, prob_type) == got
+    # all groups kept (alpha -> +inf for sigmoid, alpha <= 0 for exp): full-width MACs
+    full = np.full(9, 30.0 if prob_type == 0 else -1.0, f32)
+    widths = np.array([8.0, 20.0, 7.0])
+    close(C.flops_expected(full, FLOPS_UNITS, FLOPS_TERMS, prob_type),
+          C.flops_of_widths(widths, FLOPS_TERMS), "flops_expected", rtol=1e-6, atol=0)
+
+
+# ---------------------------------------------------------------- finite differences
+
+def fd_check(loss, params, grads, close, family, eps=1e-2, rtol=1e-2, atol=1e-3):
+    """Central differences of loss() (float64 of dmcp's float32 forward) against
+    the analytic grads, over every entry of the (tiny) float32 params."""
+    for p, g in zip(params, grads):
+        num = np.zeros(p.shape)
+        for idx in np.ndindex(p.shape):
+            old = p[idx]
+            p[idx] = old + f32(eps)
+            hi, lp = p[idx], loss()
+            p[idx] = old - f32(eps)
+            lo, lm = p[idx], loss()
+            p[idx] = old
+            num[idx] = (lp - lm) / (float(hi) - float(lo))
+        close(g, num, family, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name,cs", [
+    ("3x3_s2_p1", conv_case(1, 2, 5, 6, 3, 3, 2, 1)),
+    ("dw3x3_p1", conv_case(2, 3, 4, 5, 3, 3, 1, 1, 1, 3)),
+    ("dw3x3_s2_dil2", conv_case(1, 2, 7, 6, 2, 3, 2, 2, 2, 2)),
+    ("1x1_g2", conv_case(1, 4, 3, 3, 4, 1, 1, 0, 1, 2)),
+])
+def test_fd_conv2d(name, cs, rng, close):
+    x, wt, b, R = conv_data(rng, cs, True)
+    out = np.empty_like(R)
+
+    def loss():
+        C.conv2d_forward(out, x, wt, b, *conv_args(cs))
+        return float((out.astype(np.float64) * R).sum())
+
+    _, dx, dw, db = dmcp_conv(cs, x, wt, b, R)
+    fd_check(loss, [x, wt, b], [dx, dw, db], close, "fd conv2d")
+
+
+def test_fd_batchnorm_train(rng, close):
+    x, gamma, beta, rm, rv, R = bn_data(rng, (2, 2, 2, 3), 2)
+    out, sm, si = np.empty_like(x), np.empty(2, f32), np.empty(2, f32)
+
+    def loss():
+        C.batchnorm_forward_train(out, sm, si, rm, rv, x, gamma, beta, -1.0, 1e-5)
+        return float((out.astype(np.float64) * R).sum())
+
+    loss()
+    dx, dg, db = np.zeros_like(x), np.zeros_like(gamma), np.zeros_like(beta)
+    C.batchnorm_backward(dx, dg, db, R, x, sm.copy(), si.copy(), gamma, True)
+    fd_check(loss, [x, gamma, beta], [dx, dg, db], close, "fd batchnorm", eps=1e-2)
+
+
+def test_fd_linear(rng, close):
+    x, wf, bf, R = randn(rng, 2, 3), randn(rng, 5, 4), randn(rng, 5), randn(rng, 2, 4)
+    out = np.empty((2, 4), f32)
+
+    def loss():
+        C.linear_forward(out, x, wf, bf)
+        return float((out.astype(np.float64) * R).sum())
+
+    _, dx, dw, db = linear_run((2, 3, 4, 4, 5), x, wf, bf, R)
+    fd_check(loss, [x, wf, bf], [dx, dw, db], close, "fd linear")
+
+
+def test_fd_maxpool2d(rng, close):
+    x = ((rng.permutation(50) - 25) * 0.1).astype(f32).reshape(1, 2, 5, 5)   # gaps 0.1 >> eps
+    out, am = np.empty((1, 2, 3, 3), f32), np.empty((1, 2, 3, 3), np.int32)
+    R = randn(rng, 1, 2, 3, 3)
+
+    def loss():
+        C.maxpool2d_forward(out, am, x, 3, 2, 1)
+        return float((out.astype(np.float64) * R).sum())
+
+    loss()
+    dx = np.zeros_like(x)
+    C.maxpool2d_backward(dx, R, am.copy())
+    fd_check(loss, [x], [dx], close, "fd maxpool2d")
+
+
+def test_fd_crossentropy(rng, close):
+    x, labels = randn(rng, 3, 4), np.array([0, 3, 1], np.int64)
+    losses, probs = np.empty(3, f32), np.empty_like(x)
+
+    def loss():
+        C.crossentropy_forward(losses, probs, x, labels, 0.1)
+        return float(losses.astype(np.float64).mean())
+
+    loss()
+    dx = np.zeros_like(x)
+    C.crossentropy_backward(dx, probs, labels, 0.1, 1.0 / 3)
+    fd_check(loss, [x], [dx], close, "fd crossentropy")
+
+
+def test_fd_kldiv(rng, close):
+    s, t, tau = randn(rng, 2, 5), randn(rng, 2, 5), 2.0
+    losses, ps, pt = np.empty(2, f32), np.empty_like(s), np.empty_like(s)
+
+    def loss():
+        C.kldiv_forward(losses, ps, pt, s, t, tau)
+        return float(losses.astype(np.float64).mean())
+
+    loss()
+    ds = np.zeros_like(s)
+    C.kldiv_backward(ds, ps, pt, tau, 0.5)
+    fd_check(loss, [s], [ds], close, "fd kldiv")
+
+
+@pytest.mark.parametrize("prob_type", [0, 1], ids=["sigmoid", "exp"])
+def test_fd_gate_and_markov_probs(prob_type, rng, close):
+    m, g, ng = 1, 2, 3
+    x = randn(rng, 2, m + ng * g, 2, 2)
+    alpha = np.array([0.7, -1.2, 1.9] if prob_type == 0 else [0.4, -0.8, 1.3], f32)
+    R = randn(rng, *x.shape)
+    P, out = np.empty(ng, f32), np.empty_like(x)
+
+    def loss():
+        C.markov_probs_forward(P, alpha, prob_type)
+        C.gate_forward(out, x, P, m, g)
+        return float((out.astype(np.float64) * R).sum())
+
+    loss()
+    dx, dP, da = np.zeros_like(x), np.zeros(ng, f32), np.zeros(ng, f32)
+    C.gate_backward(dx, dP, R, x, P, m, g)
+    C.markov_probs_backward(da, dP, P, alpha, prob_type)
+    fd_check(loss, [x, alpha], [dx, da], close, "fd gate+markov")
+
+
+@pytest.mark.parametrize("prob_type", [0, 1], ids=["sigmoid", "exp"])
+def test_fd_flops_expected(prob_type, rng, close):
+    alpha = rng.uniform(-2, 2, 9).astype(f32)
+    alpha[np.abs(alpha) < 0.05] = 0.5                # exp: keep eps away from the kink at 0
+    dalpha = np.zeros(9, f32)
+    C.flops_expected(alpha, FLOPS_UNITS, FLOPS_TERMS, prob_type, dalpha)
+    fd_check(lambda: C.flops_expected(alpha, FLOPS_UNITS, FLOPS_TERMS, prob_type),
+             [alpha], [dalpha], close, "fd flops_expected", eps=1e-3, rtol=1e-3, atol=0)
+
+
+# ---------------------------------------------------------------- thread independence
+
+THREAD_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from dmcp import _C as C
+    f32 = np.float32
+    rng = np.random.default_rng(7)
+    r = lambda *s: rng.standard_normal(s).astype(f32)
+    res = {}
+    # dense 3x3 conv, big enough to cross the OpenMP/BLAS thresholds
+    x, w, b = r(4, 8, 16, 16), r(16, 8, 3, 3), r(16)
+    out = np.empty((4, 16, 8, 8), f32)
+    C.conv2d_forward(out, x, w, b, 2, 2, 1, 1, 1, 1, 1)
+    dout = r(*out.shape)
+    dx, dw, db = np.zeros_like(x), np.zeros_like(w), np.zeros_like(b)
+    C.conv2d_backward(dx, dw, db, dout, x, w, 2, 2, 1, 1, 1, 1, 1)
+    res.update(conv_out=out, conv_dx=dx, conv_dw=dw, conv_db=db)
+    # depthwise 3x3
+    wd = r(8, 1, 3, 3)
+    outd = np.empty((4, 8, 16, 16), f32)
+    C.conv2d_forward(outd, x, wd, None, 1, 1, 1, 1, 1, 1, 8)
+    dxd, dwd = np.zeros_like(x), np.zeros_like(wd)
+    C.conv2d_backward(dxd, dwd, None, r(*outd.shape), x, wd, 1, 1, 1, 1, 1, 1, 8)
+    res.update(dw_out=outd, dw_dx=dxd, dw_dw=dwd)
+    # 1x1 conv and linear (BLAS paths)
+    w1 = r(32, 8, 1, 1)
+    out1 = np.empty((4, 32, 16, 16), f32)
+    C.conv2d_forward(out1, x, w1, None, 1, 1, 0, 0, 1, 1, 1)
+    dx1, dw1 = np.zeros_like(x), np.zeros_like(w1)
+    C.conv2d_backward(dx1, dw1, None, r(*out1.shape), x, w1, 1, 1, 0, 0, 1, 1, 1)
+    res.update(pw_out=out1, pw_dx=dx1, pw_dw=dw1)
+    xl, wl = r(64, 300), r(200, 300)
+    outl = np.empty((64, 200), f32)
+    C.linear_forward(outl, xl, wl, None)
+    dxl, dwl = np.zeros_like(xl), np.zeros_like(wl)
+    C.linear_backward(dxl, dwl, None, r(64, 200), xl, wl)
+    res.update(lin_out=outl, lin_dx=dxl, lin_dw=dwl)
+    # batchnorm train forward/backward
+    g, be, rm, rv = r(8), r(8), np.zeros(8, f32), np.ones(8, f32)
+    bo, sm, si = np.empty_like(x), np.empty(8, f32), np.empty(8, f32)
+    C.batchnorm_forward_train(bo, sm, si, rm, rv, x, g, be, 0.1, 1e-5)
+    bdx, bdg, bdb = np.zeros_like(x), np.zeros(8, f32), np.zeros(8, f32)
+    C.batchnorm_backward(bdx, bdg, bdb, r(*x.shape), x, sm, si, g, True)
+    res.update(bn_out=bo, bn_mean=sm, bn_invstd=si, bn_rm=rm, bn_rv=rv, bn_dx=bdx, bn_dg=bdg, bn_db=bdb)
+    # gates and maxpool
+    P = rng.uniform(0.1, 1, 3).astype(f32)
+    go = np.empty_like(x)
+    C.gate_forward(go, x, P, 2, 2)
+    gdx, gdP = np.zeros_like(x), np.zeros(3, f32)
+    C.gate_backward(gdx, gdP, r(*x.shape), x, P, 2, 2)
+    res.update(gate_out=go, gate_dx=gdx, gate_dP=gdP)
+    mo, am = np.empty((4, 8, 8, 8), f32), np.empty((4, 8, 8, 8), np.int32)
+    C.maxpool2d_forward(mo, am, x, 3, 2, 1)
+    mdx = np.zeros_like(x)
+    C.maxpool2d_backward(mdx, r(*mo.shape), am)
+    res.update(mp_out=mo, mp_am=am, mp_dx=mdx)
+    do, mask = np.empty(100000, f32), np.empty(100000, f32)
+    C.dropout_forward(do, mask, r(100000), 0.4, 3)
+    res.update(dropout_mask=mask)
+    np.savez(sys.argv[1], **res)
+""")
+
+
+def test_results_independent_of_thread_count(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(THREAD_SCRIPT)
+    runs = {}
+    for nt in ("1", "2"):
+        env = dict(os.environ, OMP_NUM_THREADS=nt, OPENBLAS_NUM_THREADS=nt,
+                   PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        path = tmp_path / f"t{nt}.npz"
+        proc = subprocess.run([sys.executable, str(script), str(path)], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        runs[nt] = np.load(path)
+    one, two = runs["1"], runs["2"]
+    for key in one.files:
+        a, b = one[key], two[key]
+        if a.dtype.kind == "i" or key == "dropout_mask":
+            assert np.array_equal(a, b), key
+        else:
+            scale = max(1.0, float(np.abs(a).max()))
+            np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * scale, err_msg=key)
