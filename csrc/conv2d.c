@@ -108,29 +108,67 @@ static void tap_range(int off, int stride, int in, int out, int *lo, int *hi)
     *hi = b;
 }
 
+/* ---- dense and grouped convs: batched im2col + SGEMM ----
+ *
+ * A chunk of nb images shares one GEMM per group: their column matrices sit
+ * side by side in col (rows, nb*OH*OW), rows = c*KH*KW, and the GEMM gives
+ * (oc, nb*OH*OW), scattered into NCHW.  Small layers take the whole batch in
+ * one chunk, so one GEMM (and one packing of the weights) replaces N small
+ * ones; large layers take one image per chunk and read and write NCHW in
+ * place, as a per-image im2col + SGEMM would. */
+
+/* Images per chunk stop growing once their column matrix holds this many
+ * floats (8 MB). */
+#define CONV_COL_CAP (2 << 20)
+/* Pointwise convs with at least this many output pixels per image run per
+ * image on the image itself: the GEMM is wide enough and no copy is needed. */
+#define CONV_POINTWISE_DIRECT 1024
+
+/* Images per GEMM chunk; depends on the shape only, never on the thread count. */
+static int conv_chunk(const conv_shape *s)
+{
+    const ptrdiff_t ohw = (ptrdiff_t)s->oh * s->ow;
+    if (conv_is_pointwise(s) && ohw >= CONV_POINTWISE_DIRECT)
+        return 1;
+    const ptrdiff_t per = (ptrdiff_t)s->c * s->kh * s->kw * ohw;
+    const ptrdiff_t nb = CONV_COL_CAP / per;
+    return (int)DMCP_MAX(1, DMCP_MIN(nb, (ptrdiff_t)s->n));
+}
+
 size_t conv2d_scratch_floats(const conv_shape *s)
 {
-    if (conv_check(s) != DMCP_OK || conv_is_depthwise(s) || conv_is_pointwise(s))
+    if (conv_check(s) != DMCP_OK || conv_is_depthwise(s))
         return 0;
-    /* One column matrix; backward reuses it for dcol, group by group. */
-    return (size_t)s->c * s->kh * s->kw * s->oh * s->ow;
+    const size_t nb = (size_t)conv_chunk(s), ohw = (size_t)s->oh * s->ow;
+    const size_t rows = (size_t)s->c * s->kh * s->kw;
+    if (nb == 1)   /* one image's column matrix (none for pointwise) */
+        return conv_is_pointwise(s) ? 0 : rows * ohw;
+    /* the chunk's columns, then its (oc, nb*OH*OW) outputs / output gradients */
+    return (rows + (size_t)s->oc) * nb * ohw;
 }
 
 /* ---- im2col / col2im ---- */
 
-/* img (C,H,W) -> col (C*KH*KW, OH*OW); taps landing in the padding are zero. */
-static void im2col(float *col, const float *img, int c, const conv_shape *s)
+/* col (C*KH*KW, ldc) <- nb images img (nb, C, H, W) side by side, image b in
+ * columns [b*OH*OW, (b+1)*OH*OW); taps landing in the padding are zero. */
+static void im2col(float *col, ptrdiff_t ldc, const float *img, int nb, const conv_shape *s)
 {
     const int kh = s->kh, kw = s->kw, khw = kh * kw;
     const int oh = s->oh, ow = s->ow, h = s->h, w = s->w;
     const ptrdiff_t ohw = (ptrdiff_t)oh * ow, hw = (ptrdiff_t)h * w;
-    const int rows = c * khw;
-    #pragma omp parallel for schedule(static) if ((ptrdiff_t)rows * ohw > CONV_PAR_MIN)
-    for (int r = 0; r < rows; r++) {
-        const int ci = r / khw, ky = (r % khw) / kw, kx = r % kw;
+    const ptrdiff_t rows = (ptrdiff_t)s->c * khw, jobs = rows * nb;
+    const bool pointwise = conv_is_pointwise(s);
+    #pragma omp parallel for schedule(static) if (jobs * ohw > CONV_PAR_MIN)
+    for (ptrdiff_t j = 0; j < jobs; j++) {
+        const ptrdiff_t r = j / nb, b = j % nb;
+        const int ci = (int)(r / khw), ky = (int)(r % khw) / kw, kx = (int)(r % kw);
+        const float *plane = img + (b * s->c + ci) * hw;
+        float *dst = col + r * ldc + b * ohw;
+        if (pointwise) {
+            memcpy(dst, plane, (size_t)hw * sizeof *dst);
+            continue;
+        }
         const int xoff = kx * s->dw - s->pw;
-        const float *plane = img + ci * hw;
-        float *dst = col + r * ohw;
         int xlo, xhi;
         tap_range(xoff, s->sw, w, ow, &xlo, &xhi);
         for (int oy = 0; oy < oh; oy++, dst += ow) {
@@ -152,27 +190,37 @@ static void im2col(float *col, const float *img, int c, const conv_shape *s)
     }
 }
 
-/* img (C,H,W) += col2im(col (C*KH*KW, OH*OW)); one thread per channel plane. */
-static void col2im_add(float *img, const float *col, int c, const conv_shape *s)
+/* img (nb, C, H, W) += col2im(col (C*KH*KW, ldc)), image b from columns
+ * [b*OH*OW, (b+1)*OH*OW); one thread per (image, channel) plane. */
+static void col2im_add(float *img, const float *col, ptrdiff_t ldc, int nb, const conv_shape *s)
 {
     const int kh = s->kh, kw = s->kw, khw = kh * kw;
     const int oh = s->oh, ow = s->ow, h = s->h, w = s->w;
     const ptrdiff_t ohw = (ptrdiff_t)oh * ow, hw = (ptrdiff_t)h * w;
-    #pragma omp parallel for schedule(static) if ((ptrdiff_t)c * khw * ohw > CONV_PAR_MIN)
-    for (int ci = 0; ci < c; ci++) {
-        float *plane = img + ci * hw;
+    const ptrdiff_t jobs = (ptrdiff_t)nb * s->c;
+    const bool pointwise = conv_is_pointwise(s);
+    #pragma omp parallel for schedule(static) if (jobs * khw * ohw > CONV_PAR_MIN)
+    for (ptrdiff_t j = 0; j < jobs; j++) {
+        const ptrdiff_t b = j / s->c, ci = j % s->c;
+        float *restrict plane = img + j * hw;
+        const float *src_b = col + ci * khw * ldc + b * ohw;
+        if (pointwise) {
+            for (ptrdiff_t i = 0; i < hw; i++)
+                plane[i] += src_b[i];
+            continue;
+        }
         for (int ky = 0; ky < kh; ky++) {
             for (int kx = 0; kx < kw; kx++) {
                 const int xoff = kx * s->dw - s->pw;
-                const float *src = col + ((ptrdiff_t)ci * khw + ky * kw + kx) * ohw;
+                const float *src = src_b + (ptrdiff_t)(ky * kw + kx) * ldc;
                 int xlo, xhi;
                 tap_range(xoff, s->sw, w, ow, &xlo, &xhi);
                 for (int oy = 0; oy < oh; oy++) {
                     const int iy = oy * s->sh - s->ph + ky * s->dh;
                     if (iy < 0 || iy >= h)
                         continue;
-                    float *row = plane + (ptrdiff_t)iy * w;
-                    const float *srow = src + (ptrdiff_t)oy * ow;
+                    float *restrict row = plane + (ptrdiff_t)iy * w;
+                    const float *restrict srow = src + (ptrdiff_t)oy * ow;
                     if (s->sw == 1) {
                         for (int ox = xlo; ox < xhi; ox++)
                             row[ox + xoff] += srow[ox];
@@ -186,89 +234,134 @@ static void col2im_add(float *img, const float *col, int c, const conv_shape *s)
     }
 }
 
-/* ---- dense and grouped convs: im2col + SGEMM ---- */
+/* mat (oc, ldm) <- nb images x (nb, oc, OH*OW) side by side. */
+static void gather_chunk(float *mat, ptrdiff_t ldm, const float *x, int nb, int oc, ptrdiff_t ohw)
+{
+    const ptrdiff_t jobs = (ptrdiff_t)oc * nb;
+    #pragma omp parallel for schedule(static) if (jobs * ohw > CONV_PAR_MIN)
+    for (ptrdiff_t j = 0; j < jobs; j++) {
+        const ptrdiff_t o = j / nb, b = j % nb;
+        memcpy(mat + o * ldm + b * ohw, x + (b * oc + o) * ohw, (size_t)ohw * sizeof *mat);
+    }
+}
 
-/* out (N,oc,OH,OW) = per group g: W_g (oc/G, K) @ col_g (K, OH*OW) [+ bias],
- * K = (c/G)*KH*KW, W_g rows ldw = w_cin_full*KH*KW apart. */
+/* x (nb, oc, OH*OW) <- mat (oc, ldm) [+ bias], the inverse of gather_chunk. */
+static void scatter_chunk(float *x, const float *mat, ptrdiff_t ldm, const float *bias,
+                          int nb, int oc, ptrdiff_t ohw)
+{
+    const ptrdiff_t jobs = (ptrdiff_t)nb * oc;
+    #pragma omp parallel for schedule(static) if (jobs * ohw > CONV_PAR_MIN)
+    for (ptrdiff_t j = 0; j < jobs; j++) {
+        const ptrdiff_t b = j / oc, o = j % oc;
+        float *restrict dst = x + j * ohw;
+        const float *restrict src = mat + o * ldm + b * ohw;
+        if (bias == NULL) {
+            memcpy(dst, src, (size_t)ohw * sizeof *dst);
+        } else {
+            const float bv = bias[o];
+            for (ptrdiff_t i = 0; i < ohw; i++)
+                dst[i] = src[i] + bv;
+        }
+    }
+}
+
+/* x (nb, oc, OH*OW) += bias[o], in place. */
+static void add_bias(float *x, const float *bias, int nb, int oc, ptrdiff_t ohw)
+{
+    const ptrdiff_t jobs = (ptrdiff_t)nb * oc;
+    #pragma omp parallel for schedule(static) if (jobs * ohw > CONV_PAR_MIN)
+    for (ptrdiff_t j = 0; j < jobs; j++) {
+        float *restrict dst = x + j * ohw;
+        const float bv = bias[j % oc];
+        for (ptrdiff_t i = 0; i < ohw; i++)
+            dst[i] += bv;
+    }
+}
+
+/* out (N,oc,OH,OW) = per chunk and group g: W_g (oc/G, K) @ col_g (K, nb*OH*OW)
+ * [+ bias], K = (c/G)*KH*KW, W_g rows ldw = w_cin_full*KH*KW apart. */
 static void conv_gemm_forward(float *out, const float *inp, const float *weight,
                               const float *bias, const conv_shape *s, float *scratch)
 {
     const int groups = s->groups, cg = s->c / groups, ocg = s->oc / groups;
     const int ldw = s->w_cin_full * s->kh * s->kw, k = cg * s->kh * s->kw;
-    const int ohw = s->oh * s->ow;
-    const ptrdiff_t hw = (ptrdiff_t)s->h * s->w;
+    const ptrdiff_t ohw = (ptrdiff_t)s->oh * s->ow, hw = (ptrdiff_t)s->h * s->w;
+    const ptrdiff_t rows = (ptrdiff_t)s->c * s->kh * s->kw;
     const bool pointwise = conv_is_pointwise(s);
+    const int chunk = conv_chunk(s);
 
-    if (bias != NULL) {
-        const ptrdiff_t planes = (ptrdiff_t)s->n * s->oc;
-        #pragma omp parallel for schedule(static) if (planes * ohw > CONV_PAR_MIN)
-        for (ptrdiff_t p = 0; p < planes; p++) {
-            float *dst = out + p * ohw;
-            const float b = bias[p % s->oc];
-            for (int i = 0; i < ohw; i++)
-                dst[i] = b;
-        }
-    }
-    const float beta = bias != NULL ? 1.0f : 0.0f;
-
-    for (int n = 0; n < s->n; n++) {
-        const float *img = inp + (ptrdiff_t)n * s->c * hw;
-        float *out_n = out + (ptrdiff_t)n * s->oc * ohw;
+    for (int n0 = 0; n0 < s->n; n0 += chunk) {
+        const int nb = DMCP_MIN(chunk, s->n - n0);
+        const ptrdiff_t ldc = nb * ohw;
+        const float *img = inp + (ptrdiff_t)n0 * s->c * hw;
+        float *out_n = out + (ptrdiff_t)n0 * s->oc * ohw;
+        /* one image writes its output in place; a chunk goes through res */
+        float *res = chunk == 1 ? out_n : scratch + rows * ldc;
         const float *col = img;
-        if (!pointwise) {
-            im2col(scratch, img, s->c, s);
+        if (!(pointwise && chunk == 1)) {
+            im2col(scratch, ldc, img, nb, s);
             col = scratch;
         }
         for (int g = 0; g < groups; g++) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ocg, ohw, k,
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ocg, (int)ldc, k,
                         1.0f, weight + (ptrdiff_t)g * ocg * ldw, ldw,
-                        col + (ptrdiff_t)g * k * ohw, ohw,
-                        beta, out_n + (ptrdiff_t)g * ocg * ohw, ohw);
+                        col + (ptrdiff_t)g * k * ldc, (int)ldc,
+                        0.0f, res + (ptrdiff_t)g * ocg * ldc, (int)ldc);
         }
+        if (chunk != 1)
+            scatter_chunk(out_n, res, ldc, bias, nb, s->oc, ohw);
+        else if (bias != NULL)
+            add_bias(out_n, bias, 1, s->oc, ohw);
     }
 }
 
-/* Per image and group: dW_g += dout_g (oc/G, OH*OW) @ col_g^T;
- * dcol_g = W_g^T @ dout_g, then col2im into dinp (pointwise: straight into
- * dinp with beta = 1).  dcol_g overwrites col_g once dW_g has used it. */
+/* Per chunk and group: dW_g += dout_g (oc/G, nb*OH*OW) @ col_g^T;
+ * dcol_g = W_g^T @ dout_g, then col2im into dinp (pointwise, one image:
+ * straight into dinp with beta = 1).  dcol_g overwrites col_g once dW_g has
+ * used it. */
 static void conv_gemm_backward(float *dinp, float *dweight, const float *dout,
                                const float *inp, const float *weight,
                                const conv_shape *s, float *scratch)
 {
     const int groups = s->groups, cg = s->c / groups, ocg = s->oc / groups;
     const int ldw = s->w_cin_full * s->kh * s->kw, k = cg * s->kh * s->kw;
-    const int ohw = s->oh * s->ow;
-    const ptrdiff_t hw = (ptrdiff_t)s->h * s->w;
+    const ptrdiff_t ohw = (ptrdiff_t)s->oh * s->ow, hw = (ptrdiff_t)s->h * s->w;
+    const ptrdiff_t rows = (ptrdiff_t)s->c * s->kh * s->kw;
     const bool pointwise = conv_is_pointwise(s);
+    const bool in_place = pointwise && conv_chunk(s) == 1;
+    const int chunk = conv_chunk(s);
 
-    for (int n = 0; n < s->n; n++) {
-        const float *img = inp + (ptrdiff_t)n * s->c * hw;
-        const float *dout_n = dout + (ptrdiff_t)n * s->oc * ohw;
-        float *dinp_n = dinp != NULL ? dinp + (ptrdiff_t)n * s->c * hw : NULL;
-        const float *col = img;
-        if (!pointwise) {
-            if (dweight != NULL)
-                im2col(scratch, img, s->c, s);
-            col = scratch;
+    for (int n0 = 0; n0 < s->n; n0 += chunk) {
+        const int nb = DMCP_MIN(chunk, s->n - n0);
+        const ptrdiff_t ldc = nb * ohw;
+        const float *img = inp != NULL ? inp + (ptrdiff_t)n0 * s->c * hw : NULL;
+        float *dinp_n = dinp != NULL ? dinp + (ptrdiff_t)n0 * s->c * hw : NULL;
+        const float *dy = dout + (ptrdiff_t)n0 * s->oc * ohw;
+        if (chunk != 1) {
+            float *dmat = scratch + rows * ldc;
+            gather_chunk(dmat, ldc, dy, nb, s->oc, ohw);
+            dy = dmat;
         }
+        const float *col = in_place ? img : scratch;
+        if (dweight != NULL && !in_place)
+            im2col(scratch, ldc, img, nb, s);
         for (int g = 0; g < groups; g++) {
-            const float *dout_g = dout_n + (ptrdiff_t)g * ocg * ohw;
-            const float *w_g = weight + (ptrdiff_t)g * ocg * ldw;
-            const ptrdiff_t col_off = (ptrdiff_t)g * k * ohw;
+            const float *dy_g = dy + (ptrdiff_t)g * ocg * ldc;
+            const ptrdiff_t col_off = (ptrdiff_t)g * k * ldc;
             if (dweight != NULL) {
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ocg, k, ohw,
-                            1.0f, dout_g, ohw, col + col_off, ohw,
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ocg, k, (int)ldc,
+                            1.0f, dy_g, (int)ldc, col + col_off, (int)ldc,
                             1.0f, dweight + (ptrdiff_t)g * ocg * ldw, ldw);
             }
             if (dinp_n != NULL) {
-                float *dst = pointwise ? dinp_n + col_off : scratch + col_off;
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, ohw, ocg,
-                            1.0f, w_g, ldw, dout_g, ohw,
-                            pointwise ? 1.0f : 0.0f, dst, ohw);
+                float *dst = in_place ? dinp_n + col_off : scratch + col_off;
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, (int)ldc, ocg,
+                            1.0f, weight + (ptrdiff_t)g * ocg * ldw, ldw, dy_g, (int)ldc,
+                            in_place ? 1.0f : 0.0f, dst, (int)ldc);
             }
         }
-        if (dinp_n != NULL && !pointwise)
-            col2im_add(dinp_n, scratch, s->c, s);
+        if (dinp_n != NULL && !in_place)
+            col2im_add(dinp_n, scratch, ldc, nb, s);
     }
 }
 

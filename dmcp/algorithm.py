@@ -185,3 +185,122 @@ def build_algorithm_model(cfg, seed=0):
 
 def copy_cfg(cfg):
     return copy.deepcopy(_plain(cfg))
+
+
+# ---------------------------------------------------------------- training steps
+
+def _subnet_mode(model, mode, it, rng):
+    """Resolve arch_random / scheduled_random (DMCP.md section 6)."""
+    started = it >= model.arch_start_train
+    if mode == "arch_random":
+        return "direct" if started else "random"
+    if mode == "scheduled_random":
+        return "direct" if started and rng.random() >= model.random_prob else "random"
+    return mode
+
+
+def dmcp_train_step(model, optimizer, arch_optimizer, x, y, it, rng, dist):
+    """One DMCP iteration: the sandwich of ``strategy`` subnets on the same batch with
+    in-place distillation, one weight step; then, on schedule, one architecture step."""
+    net, mut = model.architecture, model.mutator
+    ce = net.loss_module
+    stats = {}
+    optimizer.zero_grad()
+    teacher = None
+    for idx, mode in enumerate(model.strategy):
+        resolved = _subnet_mode(model, mode, it, rng)
+        mut.set_widths(resolved, rng)
+        logits = net.forward(x)
+        if mode == "max" or teacher is None or it < model.distillation_times:
+            loss = ce.forward(logits, y)
+            d = ce.backward()
+            if mode == "max":
+                teacher = logits.copy()
+        else:
+            loss = model.kd.forward(logits, teacher)
+            d = model.kd.backward()
+        net.backward(d)
+        key = f"loss_{mode}" if mode not in stats else f"loss_{mode}_{idx}"
+        stats[key] = loss
+    dist.allreduce_grads(optimizer_params(optimizer))
+    optimizer.step()
+    model.random_prob *= 0.9999
+    if it >= model.arch_start_train and (it - model.arch_start_train) % model.arch_train_freq == 0:
+        stats.update(arch_step(model, arch_optimizer, x, y, dist))
+    else:
+        mut.set_widths("max")
+    return stats
+
+
+def arch_step(model, arch_optimizer, x, y, dist):
+    """DMCP.md section 7: full width, gates on, BN frozen; task loss + weighted budget loss
+    backpropagated into alpha only."""
+    net, mut = model.architecture, model.mutator
+    ce = net.loss_module
+    mut.zero_alpha_grad()
+    mut.set_gates(True)
+    net.eval()
+    try:
+        logits = net.forward(x)
+        task = ce.forward(logits, y)
+        net.backward(ce.backward())
+        mut.alpha_backward()
+        budget, flops = model.budget_loss_and_grad()
+    finally:
+        mut.set_gates(False)
+        net.train()
+    dist.allreduce_grads(mut.arch_parameters())
+    arch_optimizer.step()
+    net.zero_grad()           # the weights are not trained by this step
+    return {"arch_loss": task + budget, "flops_loss": budget, "expected_mflops": flops}
+
+
+def optimizer_params(opt):
+    return [p for g in opt.param_groups for p in g["params"]]
+
+
+def plain_train_step(net, optimizer, x, y, dist):
+    optimizer.zero_grad()
+    logits = net.forward(x)
+    loss = net.loss_module.forward(logits, y)
+    net.backward(net.loss_module.backward())
+    dist.allreduce_grads(optimizer_params(optimizer))
+    optimizer.step()
+    return {"loss": loss}
+
+
+# ---------------------------------------------------------------- sampling (DMCP.md section 8)
+
+def sample_subnets(model, num, rng, max_draws=2000, histogram_draws=500):
+    """``num`` direct samples within [0.95T, 1.05T] plus the expected-width subnet.
+    Returns {'subnets': {name: (fix_subnet dict, flops)}, 'histogram': [MFLOPs of direct draws],
+    'expected_channels': {unit: E[c]}}."""
+    mut = model.mutator
+    shape = model.input_shape
+    demo = (1,) + tuple(shape)
+    lo, hi = 0.95 * model.target_mflops * 1e6, 1.05 * model.target_mflops * 1e6
+    subnets, hist = {}, []
+    for i in range(num):
+        best = None
+        for _ in range(max_draws):
+            mut.set_widths("direct", rng)
+            f = mut.current_flops(shape)
+            hist.append(f / 1e6)
+            if best is None or abs(f - model.target_mflops * 1e6) < abs(best - model.target_mflops * 1e6):
+                best = f
+            if lo <= f <= hi:
+                subnets[f"subnet_{i + 1}"] = (mut.export_subnet(demo), f)
+                break
+        else:
+            mut.set_widths("max")
+            raise UserError(f"DMCPSubnetHook: no direct sample within 5% of {model.target_mflops:.2f} "
+                            f"MFLOPs in {max_draws} draws (closest {best / 1e6:.2f} MFLOPs); train "
+                            f"the architecture longer or change target_flops")
+    while len(hist) < histogram_draws:
+        mut.set_widths("direct", rng)
+        hist.append(mut.current_flops(shape) / 1e6)
+    expected = mut.expected_channels()
+    mut.set_widths("expected")
+    subnets["expected_ch"] = (mut.export_subnet(demo), mut.current_flops(shape))
+    mut.set_widths("max")
+    return {"subnets": subnets, "histogram": hist, "expected_channels": expected}

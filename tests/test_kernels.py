@@ -58,6 +58,7 @@ CONV_CASES = {
     "dw3x3_s2": conv_case(2, 6, 9, 8, 6, 3, 2, 1, 1, 6),
     "dw3x3_p0_narrow": conv_case(2, 3, 3, 4, 3, 3, 1, 0, 1, 3),
     "dw3x3_s2_w2": conv_case(1, 2, 5, 2, 2, 3, 2, 1, 1, 2),
+    "dw3x3_s2_p01_w2": conv_case(1, 2, 3, 2, 2, 3, 2, (0, 1), 1, 2),
     "dw3x3_dil2": conv_case(2, 8, 9, 9, 8, 3, 1, 2, 2, 8),
     "dw5x5_b1": conv_case(1, 4, 7, 7, 4, 5, 1, 2, 1, 4),
     "dw7x7_s2_p3": conv_case(1, 3, 9, 8, 3, 7, 2, 3, 1, 3),

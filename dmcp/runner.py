@@ -1,0 +1,417 @@
+"""Training, evaluation and checkpointing driven by a config (tools/train.py,
+tools/test.py).  One Runner trains a DMCP supernet, a pruned sub_model, or a
+plain ImageClassifier; the DMCP-specific steps live in dmcp/algorithm.py."""
+import json
+import os
+import sys
+import time
+import datetime
+
+import numpy as np
+
+from . import algorithm
+from .algorithm import DMCP, build_algorithm_model
+from .config import Config
+from .nn import BatchNorm2d
+from .optim import (LRSchedule, build_optimizer, load_optimizer_state, optimizer_state,
+                    param_groups)
+from .units import UserError
+
+
+class Logger:
+    """mmengine-style lines to the terminal and TIMESTAMP.log; scalars to vis_data/scalars.json;
+    a one-line progress bar between log lines when stdout is a terminal."""
+
+    def __init__(self, work_dir, enabled=True):
+        self.enabled = enabled
+        self.tty = sys.stdout.isatty()
+        self.stamp = time.strftime("%Y%m%d_%H%M%S")
+        self.file = self.scalars = None
+        if enabled:
+            os.makedirs(os.path.join(work_dir, "vis_data"), exist_ok=True)
+            self.file = open(os.path.join(work_dir, f"{self.stamp}.log"), "a")
+            self.scalars = open(os.path.join(work_dir, "vis_data", "scalars.json"), "a")
+        self._bar = False
+
+    def info(self, msg):
+        if not self.enabled:
+            return
+        line = f"{time.strftime('%Y/%m/%d %H:%M:%S')} - dmcp - INFO - {msg}"
+        if self._bar:
+            sys.stdout.write("\r\033[K")
+            self._bar = False
+        print(line, flush=True)
+        self.file.write(line + "\n")
+        self.file.flush()
+
+    def scalar(self, record):
+        if self.enabled:
+            self.scalars.write(json.dumps(record) + "\n")
+            self.scalars.flush()
+
+    def progress(self, done, total, prefix):
+        if not (self.enabled and self.tty) or total <= 0:
+            return
+        width = 30
+        n = int(width * done / total)
+        sys.stdout.write(f"\r{prefix} [{'#' * n}{'.' * (width - n)}] {done}/{total}")
+        sys.stdout.flush()
+        self._bar = True
+
+    def close(self):
+        if self.file:
+            self.file.close()
+            self.scalars.close()
+
+
+def _fmt_eta(seconds):
+    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+def _atomic_savez(path, arrays):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+class Runner:
+    def __init__(self, cfg, work_dir=None, resume=None, launcher="none"):
+        self.cfg = cfg
+        stem = os.path.splitext(os.path.basename(cfg.filename or "config"))[0]
+        self.work_dir = work_dir or cfg.get("work_dir") or os.path.join("work_dirs", stem)
+        self.config_name = stem
+        from . import dist
+        self.dist = dist.init(launcher)
+        self.rank, self.world = self.dist.rank, self.dist.world_size
+        self.is_main = self.rank == 0
+        if self.is_main:
+            os.makedirs(self.work_dir, exist_ok=True)
+        self.dist.barrier()
+        self.log = Logger(self.work_dir, self.is_main)
+        rcfg = dict(cfg.get("randomness") or {})
+        seed = rcfg.get("seed")
+        self.seed = int(seed) if seed is not None else 2020
+        self.model = build_algorithm_model(cfg["model"], seed=self.seed)
+        self.is_dmcp = isinstance(self.model, DMCP)
+        self.net = self.model.architecture if self.is_dmcp else self.model
+        self.dist.broadcast_model(self.net, self.model.mutator if self.is_dmcp else None)
+        self._build_data()
+        self._build_optim()
+        self.epoch, self.iter = 0, 0
+        # width sampling must agree on every rank: one seed, not per rank
+        self.rng = np.random.default_rng(self.seed + 7)
+        tcfg = dict(cfg.get("train_cfg") or {})
+        self.max_epochs = int(tcfg.get("max_epochs", 1))
+        self.val_interval = int(tcfg.get("val_interval", 1))
+        hooks = dict(cfg.get("default_hooks") or {})
+        self.ckpt_interval = int((hooks.get("checkpoint") or {}).get("interval", 1))
+        self.log_interval = int((hooks.get("logger") or {}).get("interval", 50))
+        self.subnet_hook = None
+        for h in cfg.get("custom_hooks") or []:
+            t = str(h.get("type", "")).split(".")[-1]
+            if t == "DMCPSubnetHook":
+                extra = set(h) - {"type", "subnet_sample_num", "priority", "max_draws"}
+                if extra:
+                    raise UserError(f"custom_hooks DMCPSubnetHook: unknown key(s) {sorted(extra)}")
+                self.subnet_hook = dict(num=int(h.get("subnet_sample_num", 10)),
+                                        max_draws=int(h.get("max_draws", 2000)))
+            else:
+                raise UserError(f"custom_hooks: hook type {t!r} is not supported (DMCPSubnetHook)")
+        self.max_iters = self.max_epochs * self.iters_per_epoch
+        self.schedule = LRSchedule(cfg.get("param_scheduler"), self.base_lr, self.iters_per_epoch,
+                                   self.max_iters)
+        if resume:
+            self.resume(resume)
+        if self.is_main:
+            cfg.dump(os.path.join(self.work_dir, f"{stem}.py"))
+
+    # ------------------------------------------------------------ building
+    def _build_data(self):
+        from .data import build_dataloader
+        cfg = self.cfg
+        pre = cfg.get("data_preprocessor") or (cfg["model"].get("data_preprocessor")
+                                               if isinstance(cfg["model"], dict) else None)
+        if "train_dataloader" not in cfg:
+            raise UserError(f"{cfg.filename}: 'train_dataloader' is required")
+        self.train_loader = build_dataloader(cfg["train_dataloader"], pre, seed=self.seed,
+                                             rank=self.rank, world_size=self.world, drop_last=True)
+        self.val_loader = build_dataloader(cfg["val_dataloader"], pre, seed=self.seed, rank=self.rank,
+                                           world_size=self.world, shuffle=False) \
+            if cfg.get("val_dataloader") else None
+        self.iters_per_epoch = len(self.train_loader)
+        if self.iters_per_epoch < 1:
+            raise UserError("train_dataloader yields no full batch: fewer samples than batch_size")
+
+    def _build_optim(self):
+        ocfg = dict(self.cfg.get("optim_wrapper") or {})
+        if self.is_dmcp:
+            if "architecture" not in ocfg:
+                raise UserError("optim_wrapper for DMCP needs 'architecture' (and 'mutator') entries")
+            wcfg, mcfg = dict(ocfg["architecture"]), dict(ocfg.get("mutator") or
+                                                          dict(optimizer=dict(type="Adam", lr=0.5,
+                                                                              weight_decay=1e-3)))
+        else:
+            wcfg, mcfg = ocfg, None
+        wcfg.pop("type", None)
+        if "optimizer" not in wcfg:
+            raise UserError("optim_wrapper: 'optimizer' is required")
+        ext = set(wcfg) - {"optimizer", "paramwise_cfg", "clip_grad", "accumulative_counts"}
+        if ext:
+            raise UserError(f"optim_wrapper: unknown key(s) {sorted(ext)}")
+        opt_cfg = dict(wcfg["optimizer"])
+        groups = param_groups(self.net, float(opt_cfg.get("weight_decay", 0.0)), wcfg.get("paramwise_cfg"))
+        self.base_lr = float(opt_cfg.get("lr", 0.1))
+        self.optimizer = build_optimizer(opt_cfg, groups, "optim_wrapper.optimizer")
+        self.names = {id(p): n for n, p in self.net.named_parameters()}
+        self.arch_optimizer = None
+        if self.is_dmcp:
+            mcfg.pop("type", None)
+            arch_params = self.model.mutator.arch_parameters()
+            self.arch_optimizer = build_optimizer(mcfg["optimizer"], arch_params,
+                                                  "optim_wrapper.mutator.optimizer")
+            for u in self.model.mutator.units:
+                self.names[id(u.alpha)] = f"mutator.{u.name}.alpha"
+
+    # ------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, name):
+        if not self.is_main:
+            return
+        arrays = {f"state_dict/{k}": v for k, v in self.model.state_dict().items()}
+        arrays.update({f"optimizer/{k}": v for k, v in optimizer_state(self.optimizer, self.names).items()})
+        if self.arch_optimizer:
+            arrays.update({f"arch_optimizer/{k}": v for k, v in
+                           optimizer_state(self.arch_optimizer, self.names).items()})
+        meta = dict(epoch=self.epoch, iter=self.iter, seed=self.seed,
+                    rng=self.rng.bit_generator.state,
+                    random_prob=getattr(self.model, "random_prob", None),
+                    config=self.config_name)
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        path = os.path.join(self.work_dir, name)
+        _atomic_savez(path, arrays)
+        tmp = os.path.join(self.work_dir, "last_checkpoint.tmp")
+        with open(tmp, "w") as f:
+            f.write(os.path.abspath(path))
+        os.replace(tmp, os.path.join(self.work_dir, "last_checkpoint"))
+        self.log.info(f"Saving checkpoint at {self.iter} iterations: {path}")
+
+    def resume(self, path):
+        if path is True or path == "auto":
+            marker = os.path.join(self.work_dir, "last_checkpoint")
+            if not os.path.exists(marker):
+                raise UserError(f"--resume: no last_checkpoint in {self.work_dir}")
+            with open(marker) as f:
+                path = f.read().strip()
+        if not os.path.exists(path):
+            raise UserError(f"--resume: checkpoint '{path}' does not exist")
+        try:
+            z = np.load(path, allow_pickle=False)
+            files = {k: z[k] for k in z.files}
+        except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
+            raise UserError(f"--resume: '{path}' is not a dmcp checkpoint ({e})") from None
+        if "meta" not in files:
+            raise UserError(f"--resume: '{path}' is not a dmcp checkpoint (no meta)")
+        meta = json.loads(bytes(files["meta"]).decode())
+        sd = {k[len("state_dict/"):]: v for k, v in files.items() if k.startswith("state_dict/")}
+        self.model.load_state_dict(sd)
+        load_optimizer_state(self.optimizer, self.names,
+                             {k[len("optimizer/"):]: v for k, v in files.items() if k.startswith("optimizer/")})
+        if self.arch_optimizer:
+            load_optimizer_state(self.arch_optimizer, self.names,
+                                 {k[len("arch_optimizer/"):]: v for k, v in files.items()
+                                  if k.startswith("arch_optimizer/")})
+        self.epoch, self.iter = int(meta["epoch"]), int(meta["iter"])
+        self.rng.bit_generator.state = meta["rng"]
+        if self.is_dmcp and meta.get("random_prob") is not None:
+            self.model.random_prob = float(meta["random_prob"])
+        self.log.info(f"Resumed from {path} at epoch {self.epoch}, iteration {self.iter}")
+
+    # ------------------------------------------------------------ training
+    def _set_lr(self):
+        lr = self.schedule.lr(self.iter)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def train(self):
+        net = self.net
+        net.train()
+        cfg_name = self.config_name
+        self.log.info(f"Start training {cfg_name}: {self.max_epochs} epochs x {self.iters_per_epoch} "
+                      f"iterations, {self.world} process(es), work_dir {self.work_dir}")
+        if self.is_dmcp:
+            full = self.model.mutator.current_flops(self.model.input_shape) / 1e6
+            self.log.info(f"Supernet FLOPs {full:.2f} M at {self.model.input_shape}, target "
+                          f"{self.model.target_mflops:.2f} M")
+        t_start = time.time()
+        it_start = self.iter
+        while self.epoch < self.max_epochs:
+            self.train_loader.set_epoch(self.epoch)
+            first = self.iter - self.epoch * self.iters_per_epoch
+            t_data = time.time()
+            window = []
+            for i, (x, y) in enumerate(self.train_loader.iter_from(first), start=first):
+                data_time = time.time() - t_data
+                t0 = time.time()
+                lr = self._set_lr()
+                if self.is_dmcp:
+                    stats = algorithm.dmcp_train_step(self.model, self.optimizer, self.arch_optimizer,
+                                                      x, y, self.iter, self.rng, self.dist)
+                else:
+                    stats = algorithm.plain_train_step(self.net, self.optimizer, x, y, self.dist)
+                self.iter += 1
+                step_time = time.time() - t0
+                window.append((step_time, data_time, stats))
+                self.log.progress(i + 1, self.iters_per_epoch, f"Epoch {self.epoch + 1}")
+                if self.iter % self.log_interval == 0 or i + 1 == self.iters_per_epoch:
+                    self._log_train(i + 1, lr, window, t_start, it_start)
+                    window = []
+                t_data = time.time()
+            self.epoch += 1
+            if self.epoch % self.ckpt_interval == 0 or self.epoch == self.max_epochs:
+                self.save_checkpoint(f"epoch_{self.epoch}.npz")
+            if self.val_loader is not None and (self.epoch % self.val_interval == 0
+                                                or self.epoch == self.max_epochs):
+                self.validate()
+        if self.is_dmcp and self.subnet_hook:
+            self.sample_subnets()
+        self.log.info("Training finished")
+
+    def _log_train(self, i, lr, window, t_start, it_start):
+        steps = [w[0] for w in window]
+        datas = [w[1] for w in window]
+        keys = sorted({k for w in window for k in w[2]})
+        means = {k: float(np.mean([w[2][k] for w in window if k in w[2]])) for k in keys}
+        done = self.iter - it_start
+        eta = (time.time() - t_start) / max(done, 1) * (self.max_iters - self.iter)
+        parts = [f"Epoch(train) [{self.epoch + 1}][{i:>{len(str(self.iters_per_epoch))}}/"
+                 f"{self.iters_per_epoch}]", f"lr: {lr:.4e}", f"eta: {_fmt_eta(eta)}",
+                 f"time: {np.mean(steps):.4f}", f"data_time: {np.mean(datas):.4f}"]
+        parts += [f"{k}: {v:.4f}" for k, v in means.items()]
+        self.log.info("  ".join(parts))
+        self.log.scalar(dict(epoch=self.epoch + 1, iter=self.iter, lr=lr, time=float(np.mean(steps)),
+                             data_time=float(np.mean(datas)), **means))
+
+    # ------------------------------------------------------------ evaluation
+    def evaluate(self, loader=None, progress="val"):
+        loader = loader or self.val_loader
+        net = self.net
+        was = net.training
+        net.eval()
+        topk = getattr(net.head, "topk", (1, 5))
+        correct = np.zeros(len(topk), np.int64)
+        total = 0
+        n = len(loader)
+        for b, (x, y) in enumerate(loader):
+            logits = net.forward(x)
+            kmax = min(max(topk), logits.shape[1])
+            top = np.argpartition(-logits, kmax - 1, axis=1)[:, :kmax]
+            order = np.argsort(-np.take_along_axis(logits, top, 1), axis=1)
+            top = np.take_along_axis(top, order, 1)
+            for j, k in enumerate(topk):
+                correct[j] += int((top[:, :min(k, kmax)] == y[:, None]).any(1).sum())
+            total += len(y)
+            self.log.progress(b + 1, n, progress)
+        net.train(was)
+        correct, total = self.dist.sum_counts(correct, total)
+        return {f"accuracy/top{k}": 100.0 * c / max(total, 1) for k, c in zip(topk, correct)}
+
+    def recalibrate_bn(self, batches=5):
+        """Recompute BN running statistics at the current widths (cumulative average over
+        a few training batches)."""
+        bns = [m for _, m in self.net.named_modules() if isinstance(m, BatchNorm2d)]
+        saved = [(m.momentum, m.running_mean.copy(), m.running_var.copy()) for m in bns]
+        for m in bns:
+            m.running_mean[...] = 0.0
+            m.running_var[...] = 1.0
+        self.net.train()
+        for i, (x, _) in enumerate(self.train_loader.iter_from(0)):
+            if i >= batches:
+                break
+            for m in bns:
+                m.momentum = 1.0 / (i + 1)
+            self.net.forward(x)
+        for m, (mom, _, _) in zip(bns, saved):
+            m.momentum = mom
+        return bns, saved
+
+    def validate(self):
+        if self.is_dmcp:
+            mut = self.model.mutator
+            results = {}
+            for mode in ("max", "min"):
+                mut.set_widths(mode)
+                bns, saved = self.recalibrate_bn()
+                r = self.evaluate(progress=f"val {mode}")
+                for m, (_, rm, rv) in zip(bns, saved):
+                    m.running_mean[...] = rm
+                    m.running_var[...] = rv
+                results.update({f"{mode}/{k}": v for k, v in r.items()})
+            mut.set_widths("max")
+        else:
+            results = self.evaluate()
+        self.log.info(f"Epoch(val) [{self.epoch}]  " + "  ".join(f"{k}: {v:.4f}" for k, v in results.items()))
+        self.log.scalar(dict(epoch=self.epoch, iter=self.iter, **results))
+        return results
+
+    # ------------------------------------------------------------ DMCPSubnetHook
+    def sample_subnets(self):
+        out_dir = os.path.join(self.work_dir, "model_sample")
+        samples = algorithm.sample_subnets(self.model, self.subnet_hook["num"], self.rng,
+                                           self.subnet_hook["max_draws"])
+        if not self.is_main:
+            return samples
+        os.makedirs(out_dir, exist_ok=True)
+        for name, (choice, flops) in samples["subnets"].items():
+            with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+                json.dump(choice, f, indent=2)
+            self.log.info(f"Sampled {name}: {flops / 1e6:.2f} MFLOPs "
+                          f"(target {self.model.target_mflops:.2f} M)")
+        from .plots import plot_unit_widths, plot_flops_histogram
+        plot_unit_widths(self.model, samples, os.path.join(out_dir, "unit_widths.png"))
+        plot_flops_histogram(samples["histogram"], self.model.target_mflops,
+                             os.path.join(out_dir, "flops_histogram.png"))
+        return samples
+
+
+def train_main(argv):
+    import argparse
+    from .cli import load_config
+    p = argparse.ArgumentParser(prog="train.py", description="Train a DMCP supernet, a pruned "
+                                "sub_model or a plain classifier from a config.")
+    p.add_argument("config")
+    p.add_argument("--work-dir")
+    p.add_argument("--cfg-options", nargs="+", default=[])
+    p.add_argument("--resume", nargs="?", const="auto", default=None)
+    p.add_argument("--launcher", choices=["none", "mpi", "slurm"], default="none")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.cfg_options)
+    runner = Runner(cfg, work_dir=args.work_dir, resume=args.resume, launcher=args.launcher)
+    runner.train()
+    return 0
+
+
+def test_main(argv):
+    import argparse
+    from .cli import load_config
+    p = argparse.ArgumentParser(prog="test.py", description="Top-1/top-5 of a checkpoint on the "
+                                "config's test (or val) set.")
+    p.add_argument("config")
+    p.add_argument("checkpoint")
+    p.add_argument("--work-dir")
+    p.add_argument("--cfg-options", nargs="+", default=[])
+    p.add_argument("--launcher", choices=["none", "mpi", "slurm"], default="none")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.cfg_options)
+    if cfg.get("test_dataloader"):
+        cfg["val_dataloader"] = cfg["test_dataloader"]
+    runner = Runner(cfg, work_dir=args.work_dir, launcher=args.launcher)
+    if not os.path.exists(args.checkpoint):
+        raise UserError(f"checkpoint '{args.checkpoint}' does not exist")
+    from .checkpoint import read_checkpoint
+    runner.model.load_state_dict(read_checkpoint(args.checkpoint))
+    if runner.is_dmcp:
+        runner.model.mutator.set_widths("max")
+    r = runner.evaluate(progress="test")
+    runner.log.info("Test: " + "  ".join(f"{k}: {v:.2f}" for k, v in r.items()))
+    return r

@@ -1,0 +1,11 @@
+"""Top-1/top-5 of a checkpoint on the config's test (or val) set.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options k=v ...]
+"""
+import sys
+
+from dmcp.cli import run
+from dmcp.runner import test_main
+
+if __name__ == "__main__":
+    sys.exit(1 if run(lambda a: 0 if test_main(a) else 1) else 0)
