@@ -25,6 +25,21 @@ def openblas_flags():
 
 
 blas_cflags, blas_libs = openblas_flags()
+
+
+def image_flags():
+    """Flags of the image decoders (csrc/image.c): libturbojpeg and libpng."""
+    cflags, libs = [], []
+    for name, default in (("libturbojpeg", "-lturbojpeg"), ("libpng", "-lpng16")):
+        try:
+            cflags += shlex.split(subprocess.check_output(["pkg-config", "--cflags", name], text=True))
+            libs += shlex.split(subprocess.check_output(["pkg-config", "--libs", name], text=True))
+        except (OSError, subprocess.CalledProcessError):
+            libs.append(default)
+    return cflags, libs
+
+
+image_cflags, image_libs = image_flags()
 debug = os.environ.get("DMCP_DEBUG", "") not in ("", "0")
 if debug:
     opt = ["-O0", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined"]
@@ -38,8 +53,9 @@ ext = Extension(
     sources=sorted(glob.glob("csrc/*.c")),
     depends=sorted(glob.glob("csrc/*.h")),
     include_dirs=[numpy.get_include(), "csrc"],
-    extra_compile_args=["-std=c11", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"] + opt + blas_cflags,
-    extra_link_args=["-fopenmp"] + blas_libs + link_extra,
+    extra_compile_args=["-std=c11", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"] + opt + blas_cflags
+    + image_cflags,
+    extra_link_args=["-fopenmp"] + blas_libs + image_libs + link_extra,
 )
 
 setup(ext_modules=[ext])

@@ -201,18 +201,9 @@ static void linear_coords(int *idx, float *frac, int n, int off, int src_n, int 
     }
 }
 
-/* One source row interpolated horizontally into dst (ow * c floats). */
-static void resize_hrow(float *dst, const uint8_t *row, const int *xi, const float *xf,
-                        int ow, int c, int src_w)
-{
-    for (int j = 0; j < ow; j++) {
-        const uint8_t *a = row + (size_t)xi[j] * c;
-        const uint8_t *b = xi[j] + 1 < src_w ? a + c : a;
-        const float f = xf[j];
-        for (int k = 0; k < c; k++) dst[j * c + k] = a[k] + f * (float)(b[k] - a[k]);
-    }
-}
-
+/* Vertical-then-horizontal: per output row, the two source rows of the crop
+ * are blended into a float row (contiguous, vectorises), then each output
+ * element gathers its two neighbours from it through precomputed offsets. */
 static dmcp_status resize_crop(void *out, int to_u8, const uint8_t *inp, const resize_geom *g)
 {
     if (g->c < 1 || g->crop_h < 1 || g->crop_w < 1 || g->rh < 1 || g->rw < 1 || g->oh < 1 ||
@@ -220,47 +211,60 @@ static dmcp_status resize_crop(void *out, int to_u8, const uint8_t *inp, const r
         g->crop_x + g->crop_w > g->w || g->oy < 0 || g->ox < 0 || g->oy + g->oh > g->rh ||
         g->ox + g->ow > g->rw)
         return DMCP_ERR_SHAPE;
-    const int c = g->c, ow = g->ow, rowlen = ow * c;
-    int *xi = malloc(sizeof(int) * (size_t)(ow + g->oh));
-    float *xf = malloc(sizeof(float) * (size_t)(ow + g->oh));
-    float *rows = malloc(sizeof(float) * (size_t)rowlen * 2);
-    if (!xi || !xf || !rows) { free(xi); free(xf); free(rows); return DMCP_ERR_NOMEM; }
-    int *yi = xi + ow;
-    float *yf = xf + ow, *A = rows, *B = rows + rowlen;  /* rows y0 and y1, horizontally done */
+    const int c = g->c, ow = g->ow, oh = g->oh, rowlen = ow * c;
+    int *xi = malloc(sizeof(int) * (size_t)(ow + oh));
+    float *xf = malloc(sizeof(float) * (size_t)(ow + oh));
+    int *e0 = malloc(sizeof(int) * (size_t)rowlen * 2);
+    float *ew = malloc(sizeof(float) * (size_t)rowlen);
+    float *tmp = malloc(sizeof(float) * (size_t)g->crop_w * c);
+    dmcp_status st = DMCP_ERR_NOMEM;
+    if (!xi || !xf || !e0 || !ew || !tmp) goto done;
+    int *yi = xi + ow, *e1 = e0 + rowlen;
+    float *yf = xf + ow;
     linear_coords(xi, xf, ow, g->ox, g->crop_w, g->rw);
-    linear_coords(yi, yf, g->oh, g->oy, g->crop_h, g->rh);
+    linear_coords(yi, yf, oh, g->oy, g->crop_h, g->rh);
+    /* only the crop columns [x_lo, x_hi) are read (a window may need fewer) */
+    const int x_lo = xi[0], x_hi = xi[ow - 1] + 2 < g->crop_w ? xi[ow - 1] + 2 : g->crop_w;
+    const size_t span = (size_t)(x_hi - x_lo) * c;
+    for (int j = 0; j < ow; j++) {
+        const int x1 = xi[j] + 1 < g->crop_w ? xi[j] + 1 : xi[j];
+        for (int k = 0; k < c; k++) {
+            e0[j * c + k] = (xi[j] - x_lo) * c + k;
+            e1[j * c + k] = (x1 - x_lo) * c + k;
+            ew[j * c + k] = xf[j];
+        }
+    }
     const size_t stride = (size_t)g->w * c;
-    const uint8_t *base = inp + (size_t)g->crop_y * stride + (size_t)g->crop_x * c;
-    int ya = -1, yb = -1;
-    for (int i = 0; i < g->oh; i++) {
+    const uint8_t *base = inp + (size_t)g->crop_y * stride + (size_t)(g->crop_x + x_lo) * c;
+    for (int i = 0; i < oh; i++) {
         const int y0 = yi[i], y1 = y0 + 1 < g->crop_h ? y0 + 1 : y0;
-        if (ya != y0) {
-            if (yb == y0) {
-                float *t = A; A = B; B = t;
-                ya = yb; yb = -1;
-            } else {
-                resize_hrow(A, base + (size_t)y0 * stride, xi, xf, ow, c, g->crop_w);
-                ya = y0;
-            }
-        }
-        if (yb != y1) {
-            resize_hrow(B, base + (size_t)y1 * stride, xi, xf, ow, c, g->crop_w);
-            yb = y1;
-        }
+        const uint8_t *r0 = base + (size_t)y0 * stride, *r1 = base + (size_t)y1 * stride;
         const float f = yf[i];
+        if (f == 0.0f)
+            for (size_t e = 0; e < span; e++) tmp[e] = (float)r0[e];
+        else
+            for (size_t e = 0; e < span; e++)
+                tmp[e] = (float)r0[e] + f * (float)((int)r1[e] - (int)r0[e]);
         if (to_u8) {
             uint8_t *o = (uint8_t *)out + (size_t)i * rowlen;
-            for (int k = 0; k < rowlen; k++) {
-                float v = A[k] + f * (B[k] - A[k]) + 0.5f;
-                o[k] = v >= 255.0f ? 255 : (v <= 0.0f ? 0 : (uint8_t)v);
+            for (int e = 0; e < rowlen; e++) {
+                const float a = tmp[e0[e]];
+                float v = a + ew[e] * (tmp[e1[e]] - a) + 0.5f;
+                v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
+                o[e] = (uint8_t)v;
             }
         } else {
             float *o = (float *)out + (size_t)i * rowlen;
-            for (int k = 0; k < rowlen; k++) o[k] = A[k] + f * (B[k] - A[k]);
+            for (int e = 0; e < rowlen; e++) {
+                const float a = tmp[e0[e]];
+                o[e] = a + ew[e] * (tmp[e1[e]] - a);
+            }
         }
     }
-    free(xi); free(xf); free(rows);
-    return DMCP_OK;
+    st = DMCP_OK;
+done:
+    free(xi); free(xf); free(e0); free(ew); free(tmp);
+    return st;
 }
 
 dmcp_status image_resize_crop_u8(uint8_t *out, const uint8_t *inp, const resize_geom *g)
@@ -279,49 +283,74 @@ void image_flip_horizontal(uint8_t *img, int h, int w, int c)
 {
     for (int y = 0; y < h; y++) {
         uint8_t *row = img + (size_t)y * w * c;
-        for (int l = 0, r = w - 1; l < r; l++, r--)
-            for (int k = 0; k < c; k++) {
-                uint8_t t = row[l * c + k];
-                row[l * c + k] = row[r * c + k];
-                row[r * c + k] = t;
+        if (c == 3) {
+            for (int l = 0, r = w - 1; l < r; l++, r--) {
+                uint8_t *a = row + 3 * l, *b = row + 3 * r;
+                const uint8_t t0 = a[0], t1 = a[1], t2 = a[2];
+                a[0] = b[0]; a[1] = b[1]; a[2] = b[2];
+                b[0] = t0; b[1] = t1; b[2] = t2;
             }
+        } else if (c == 1) {
+            for (int l = 0, r = w - 1; l < r; l++, r--) {
+                const uint8_t t = row[l];
+                row[l] = row[r];
+                row[r] = t;
+            }
+        } else {
+            for (int l = 0, r = w - 1; l < r; l++, r--)
+                for (int k = 0; k < c; k++) {
+                    const uint8_t t = row[l * c + k];
+                    row[l * c + k] = row[r * c + k];
+                    row[r * c + k] = t;
+                }
+        }
     }
 }
 
 /* ---------------------------------------------------------------- colour */
 
-/* torchvision's _blend in float32: ratio*a + (1-ratio)*b, clamp, truncate. */
-static inline uint8_t blend(float a, float b, float ratio, float inv)
+static inline float clamp255(float v)
 {
-    float v = ratio * a + inv * b;
-    return v >= 255.0f ? 255 : (v <= 0.0f ? 0 : (uint8_t)v);
+    return v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
 }
 
-static inline uint8_t gray_u8(const uint8_t *p)
+/* trunc(0.2989 R + 0.587 G + 0.114 B) in float32: torchvision's rgb_to_grayscale
+ * followed by .to(uint8) (the value is in [0, 255], so int truncation is the same). */
+static inline int gray_of(const uint8_t *p)
 {
-    float v = 0.2989f * (float)p[0] + 0.587f * (float)p[1] + 0.114f * (float)p[2];
-    return (uint8_t)v;          /* v in [0, 255]: torchvision's .to(uint8) truncation */
+    return (int)(0.2989f * (float)p[0] + 0.587f * (float)p[1] + 0.114f * (float)p[2]);
+}
+
+/* torchvision's _blend in float32: ratio*a + (1-ratio)*b, clamped, truncated.
+ * Every value blended with the same `other` (vectorises; a 256-entry table
+ * would compile to gathers, slower than the arithmetic on AMD cores). */
+static void blend_with_constant(uint8_t *img, size_t n, float other, double factor)
+{
+    const float r = (float)factor, k = (float)(1.0 - factor) * other;
+    for (size_t i = 0; i < n; i++) img[i] = (uint8_t)(int)clamp255(r * (float)img[i] + k);
 }
 
 void image_adjust_brightness(uint8_t *img, size_t npix, int c, double factor)
 {
-    const float r = (float)factor, inv = (float)(1.0 - factor);
-    const size_t n = npix * c;
-    for (size_t i = 0; i < n; i++) img[i] = blend(img[i], 0.0f, r, inv);
+    blend_with_constant(img, npix * c, 0.0f, factor);
 }
 
 void image_adjust_contrast(uint8_t *img, size_t npix, int c, double factor)
 {
     if (npix == 0) return;
-    double sum = 0.0;
-    if (c == 3)
-        for (size_t i = 0; i < npix; i++) sum += gray_u8(img + 3 * i);
-    else
-        for (size_t i = 0; i < npix * c; i++) sum += img[i];
-    const float mean = (float)(sum / (double)(c == 3 ? npix : npix * c));
-    const float r = (float)factor, inv = (float)(1.0 - factor);
-    const size_t n = npix * c;
-    for (size_t i = 0; i < n; i++) img[i] = blend(img[i], mean, r, inv);
+    uint64_t sum = 0;               /* exact; int32 partial sums of 2^16 values cannot overflow */
+    const size_t n = c == 3 ? npix : npix * c;
+    for (size_t start = 0; start < n; start += 65536) {
+        const size_t end = n - start < 65536 ? n : start + 65536;
+        int32_t part = 0;
+        if (c == 3)
+            for (size_t i = start; i < end; i++) part += gray_of(img + 3 * i);
+        else
+            for (size_t i = start; i < end; i++) part += img[i];
+        sum += (uint64_t)part;
+    }
+    const float mean = (float)((double)sum / (double)n);
+    blend_with_constant(img, npix * c, mean, factor);
 }
 
 void image_adjust_saturation(uint8_t *img, size_t npix, int c, double factor)
@@ -330,19 +359,40 @@ void image_adjust_saturation(uint8_t *img, size_t npix, int c, double factor)
     const float r = (float)factor, inv = (float)(1.0 - factor);
     for (size_t i = 0; i < npix; i++) {
         uint8_t *p = img + 3 * i;
-        const float g = gray_u8(p);
-        p[0] = blend(p[0], g, r, inv);
-        p[1] = blend(p[1], g, r, inv);
-        p[2] = blend(p[2], g, r, inv);
+        const float g = inv * (float)gray_of(p);      /* (1 - f) * gray, as in _blend */
+        const int v0 = (int)clamp255(r * (float)p[0] + g);
+        const int v1 = (int)clamp255(r * (float)p[1] + g);
+        const int v2 = (int)clamp255(r * (float)p[2] + g);
+        p[0] = (uint8_t)v0; p[1] = (uint8_t)v1; p[2] = (uint8_t)v2;
     }
 }
 
 /* ---------------------------------------------------------------- pack */
 
+/* c == 3: one pass over the pixels, three planes out; s0/s2 are constants
+ * after inlining so the interleaved loads vectorise. */
+static inline void pack3(float *restrict out, const uint8_t *restrict img, size_t hw,
+                         const float *mean, const float *std, const int s0, const int s2)
+{
+    const float m0 = mean[0], m1 = mean[1], m2 = mean[2];
+    const float d0 = std[0], d1 = std[1], d2 = std[2];
+    float *restrict o0 = out, *restrict o1 = out + hw, *restrict o2 = out + 2 * hw;
+    for (size_t i = 0; i < hw; i++) {
+        o0[i] = ((float)img[3 * i + s0] - m0) / d0;
+        o1[i] = ((float)img[3 * i + 1] - m1) / d1;
+        o2[i] = ((float)img[3 * i + s2] - m2) / d2;
+    }
+}
+
 void image_pack_chw(float *out, const uint8_t *img, int h, int w, int c,
                     const float *mean, const float *std, int swap)
 {
     const size_t hw = (size_t)h * w;
+    if (c == 3) {
+        if (swap) pack3(out, img, hw, mean, std, 2, 0);
+        else pack3(out, img, hw, mean, std, 0, 2);
+        return;
+    }
     for (int k = 0; k < c; k++) {
         const int s = swap ? c - 1 - k : k;
         const float m = mean[k], sd = std[k];

@@ -342,6 +342,10 @@ static PyObject *py_batchnorm_forward_train(PyObject *self, PyObject *args)
     b = OPT(o_b, "beta", 1, 0);
     if (!ok || !same_shape(out, inp, FN, "out", "inp")) return NULL;
     const int n = DIM(inp, 0), c = DIM(inp, 1), hw = DIM(inp, 2) * DIM(inp, 3);
+    if (c < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: argument 'inp' has no channels", FN);
+        return NULL;
+    }
     if ((long)n * hw < 2) {
         PyErr_Format(PyExc_ValueError, "%s: expected more than 1 value per channel when "
                      "training (inp shape %d,%d,%d,%d)", FN, n, c, DIM(inp, 2), DIM(inp, 3));
@@ -501,7 +505,9 @@ static PyObject *py_dropout_forward(PyObject *self, PyObject *args)
     if (!same_shape(out, inp, FN, "out", "inp") || !same_shape(mask, inp, FN, "mask", "inp"))
         return NULL;
     if (!(p >= 0.0f && p < 1.0f)) {
-        PyErr_Format(PyExc_ValueError, "%s: p must be in [0, 1), got %g", FN, (double)p);
+        PyObject *pv = PyFloat_FromDouble((double)p);
+        if (pv) PyErr_Format(PyExc_ValueError, "%s: p must be in [0, 1), got %R", FN, pv);
+        Py_XDECREF(pv);
         return NULL;
     }
     size_t len = PyArray_SIZE(inp);
@@ -857,9 +863,10 @@ static PyObject *py_adam_step(PyObject *self, PyObject *args)
 {
     const char *FN = "adam_step";
     PyObject *o_p, *o_m, *o_v, *o_g;
-    float lr, b1, b2, eps, wd;
+    float lr, eps, wd;
+    double b1, b2;
     long step;
-    if (!PyArg_ParseTuple(args, "OOOOfffffl", &o_p, &o_m, &o_v, &o_g, &lr, &b1, &b2, &eps, &wd,
+    if (!PyArg_ParseTuple(args, "OOOOfddffl", &o_p, &o_m, &o_v, &o_g, &lr, &b1, &b2, &eps, &wd,
                           &step)) return NULL;
     PyArrayObject *p, *m, *v, *g;
     if (!(p = F32(o_p, "param", -1, 1)) || !(m = F32(o_m, "exp_avg", -1, 1)) ||
@@ -922,9 +929,15 @@ static int gate_check(const char *fn, PyArrayObject *x, PyArrayObject *P, int m,
 {
     *n = DIM(x, 0); *c = DIM(x, 1); *hw = DIM(x, 2) * DIM(x, 3);
     const int ng = DIM(P, 0);
+    if (*n < 1 || *c < 1 || *hw < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: argument 'inp' is empty (shape %d,%d,%d,%d)",
+                     fn, *n, *c, DIM(x, 2), DIM(x, 3));
+        return 0;
+    }
     if (m < 0 || g < 1 || (long)m + (long)ng * g != *c) {
-        PyErr_Format(PyExc_ValueError, "%s: channels %d must equal min_ch %d + %d groups x "
-                     "group_size %d (gates run at full width)", fn, *c, m, ng, g);
+        PyErr_Format(PyExc_ValueError, "%s: argument 'inp' has %d channels but argument 'P' "
+                     "describes min_ch %d + %d groups x group_size %d (gates run at full width)",
+                     fn, *c, m, ng, g);
         return 0;
     }
     return 1;
@@ -1044,7 +1057,7 @@ static PyObject *py_flops_expected(PyObject *self, PyObject *args)
     const flops_unit *units = (const flops_unit *)PyArray_DATA(u);
     for (int i = 0; i < nunits; i++) {
         const flops_unit *U = units + i;
-        if (U->offset < 0 || U->ngroups < 0 || U->offset + U->ngroups > nalpha ||
+        if (U->offset < 0 || U->ngroups < 0 || (long long)U->offset + U->ngroups > nalpha ||
             U->min_ch < 0 || U->group_size < 0) {
             PyErr_Format(PyExc_ValueError, "%s: 'units' row %d (offset %d, ngroups %d, min %d, "
                          "group %d) does not fit %d alphas", FN, i, U->offset, U->ngroups,
@@ -1064,6 +1077,249 @@ static PyObject *py_flops_expected(PyObject *self, PyObject *args)
     PyMem_Free(terms);
     if (status_error(st, FN)) return NULL;
     return PyFloat_FromDouble(f);
+}
+
+/* ---------------------------------------------------------------- image */
+
+#include <math.h>
+#include "image.h"
+
+/* obj as a C-contiguous uint8 (H, W, C) image with no empty dimension. */
+static PyArrayObject *u8_image(PyObject *obj, const char *fn, const char *arg, int writable)
+{
+    PyArrayObject *a = as_array(obj, fn, arg, NPY_UINT8, 3, writable);
+    if (a && (DIM(a, 0) < 1 || DIM(a, 1) < 1 || DIM(a, 2) < 1)) {
+        PyObject *s = shape_str(a);
+        if (s) PyErr_Format(PyExc_ValueError, "%s: argument '%s' is an empty image (shape %U)",
+                            fn, arg, s);
+        Py_XDECREF(s);
+        return NULL;
+    }
+    return a;
+}
+
+static void free_pixels(PyObject *capsule)
+{
+    free(PyCapsule_GetPointer(capsule, "dmcp.pixels"));
+}
+
+/* decode_image(data, name=None) -> uint8 (H, W, 3) RGB from JPEG or PNG bytes. */
+static PyObject *py_decode_image(PyObject *self, PyObject *args)
+{
+    const char *FN = "decode_image";
+    PyObject *o_data, *o_name = Py_None;
+    if (!PyArg_ParseTuple(args, "O|O", &o_data, &o_name)) return NULL;
+    if (PyUnicode_Check(o_data) || !PyObject_CheckBuffer(o_data)) {
+        PyErr_Format(PyExc_TypeError, "%s: argument 'data' must be bytes (the file's contents), "
+                     "not %s", FN, Py_TYPE(o_data)->tp_name);
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(o_data, &view, PyBUF_SIMPLE) < 0) return NULL;
+    uint8_t *pix = NULL;
+    int h = 0, w = 0;
+    dmcp_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = image_decode(&pix, &h, &w, (const uint8_t *)view.buf, (size_t)view.len);
+    Py_END_ALLOW_THREADS
+    const Py_ssize_t nbytes = view.len;
+    PyBuffer_Release(&view);
+    if (st == DMCP_ERR_NOMEM) return PyErr_Format(PyExc_MemoryError, "%s: out of memory", FN);
+    if (st != DMCP_OK) {
+        if (o_name != Py_None)
+            PyErr_Format(PyExc_ValueError, "%s: corrupt or unsupported image '%S'", FN, o_name);
+        else
+            PyErr_Format(PyExc_ValueError, "%s: corrupt or unsupported image (%zd bytes; JPEG "
+                         "and PNG are supported)", FN, nbytes);
+        return NULL;
+    }
+    npy_intp dims[3] = {h, w, 3};
+    PyObject *arr = PyArray_SimpleNewFromData(3, dims, NPY_UINT8, pix);
+    if (!arr) { free(pix); return NULL; }
+    PyObject *cap = PyCapsule_New(pix, "dmcp.pixels", free_pixels);
+    if (!cap) { Py_DECREF(arr); free(pix); return NULL; }
+    if (PyArray_SetBaseObject((PyArrayObject *)arr, cap) < 0) { Py_DECREF(arr); return NULL; }
+    return arr;
+}
+
+/* encode_jpeg(img uint8 (H, W, 3), quality=90) -> bytes */
+static PyObject *py_encode_jpeg(PyObject *self, PyObject *args)
+{
+    const char *FN = "encode_jpeg";
+    PyObject *o_img;
+    int quality = 90;
+    if (!PyArg_ParseTuple(args, "O|i", &o_img, &quality)) return NULL;
+    PyArrayObject *img = u8_image(o_img, FN, "img", 0);
+    if (!img) return NULL;
+    if (DIM(img, 2) != 3) {
+        PyErr_Format(PyExc_ValueError, "%s: argument 'img' must have 3 channels (RGB), got %d",
+                     FN, DIM(img, 2));
+        return NULL;
+    }
+    if (quality < 1 || quality > 100) {
+        PyErr_Format(PyExc_ValueError, "%s: quality must be in 1..100, got %d", FN, quality);
+        return NULL;
+    }
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    dmcp_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = image_encode_jpeg(&buf, &len, (const uint8_t *)PyArray_DATA(img), DIM(img, 0),
+                           DIM(img, 1), quality);
+    Py_END_ALLOW_THREADS
+    if (status_error(st, FN)) return NULL;
+    PyObject *bytes = PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)len);
+    free(buf);
+    return bytes;
+}
+
+/* resize_crop(out, inp, y, x, h, w, rh=out H, rw=out W, oy=0, ox=0):
+ * crop (y, x, h, w) of inp (H, W, C) uint8, resized bilinearly to (rh, rw);
+ * its window (oy, ox) of out's size goes to out (OH, OW, C) uint8 or float32. */
+static PyObject *py_resize_crop(PyObject *self, PyObject *args)
+{
+    const char *FN = "resize_crop";
+    PyObject *o_out, *o_inp;
+    resize_geom g;
+    g.rh = -1; g.rw = -1; g.oy = 0; g.ox = 0;
+    if (!PyArg_ParseTuple(args, "OOiiii|iiii", &o_out, &o_inp, &g.crop_y, &g.crop_x,
+                          &g.crop_h, &g.crop_w, &g.rh, &g.rw, &g.oy, &g.ox)) return NULL;
+    PyArrayObject *inp = u8_image(o_inp, FN, "inp", 0), *out;
+    if (!inp) return NULL;
+    const int out_u8 = PyArray_Check(o_out) && PyArray_TYPE((PyArrayObject *)o_out) == NPY_UINT8;
+    if (!(out = out_u8 ? u8_image(o_out, FN, "out", 1) : F32(o_out, "out", 3, 1))) return NULL;
+    g.h = DIM(inp, 0); g.w = DIM(inp, 1); g.c = DIM(inp, 2);
+    g.oh = DIM(out, 0); g.ow = DIM(out, 1);
+    if (g.rh < 0) g.rh = g.oh;
+    if (g.rw < 0) g.rw = g.ow;
+    if (DIM(out, 2) != g.c) {
+        PyErr_Format(PyExc_ValueError, "%s: 'out' has %d channels but 'inp' %d", FN,
+                     DIM(out, 2), g.c);
+        return NULL;
+    }
+    if (g.crop_h < 1 || g.crop_w < 1 || g.crop_y < 0 || g.crop_x < 0 ||
+        g.crop_y + g.crop_h > g.h || g.crop_x + g.crop_w > g.w) {
+        PyErr_Format(PyExc_ValueError, "%s: crop (y=%d, x=%d, h=%d, w=%d) is not inside the "
+                     "%dx%d input", FN, g.crop_y, g.crop_x, g.crop_h, g.crop_w, g.h, g.w);
+        return NULL;
+    }
+    if (g.rh < 1 || g.rw < 1 || g.oy < 0 || g.ox < 0 || g.oy + g.oh > g.rh ||
+        g.ox + g.ow > g.rw) {
+        PyErr_Format(PyExc_ValueError, "%s: window (oy=%d, ox=%d) of size %dx%d ('out') is not "
+                     "inside the %dx%d resized crop", FN, g.oy, g.ox, g.oh, g.ow, g.rh, g.rw);
+        return NULL;
+    }
+    dmcp_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = out_u8 ? image_resize_crop_u8((uint8_t *)PyArray_DATA(out),
+                                       (const uint8_t *)PyArray_DATA(inp), &g)
+                : image_resize_crop_f32(DATA(out), (const uint8_t *)PyArray_DATA(inp), &g);
+    Py_END_ALLOW_THREADS
+    if (status_error(st, FN)) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* flip_horizontal(img uint8 (H, W, C)), in place */
+static PyObject *py_flip_horizontal(PyObject *self, PyObject *args)
+{
+    const char *FN = "flip_horizontal";
+    PyObject *o_img;
+    if (!PyArg_ParseTuple(args, "O", &o_img)) return NULL;
+    PyArrayObject *img = u8_image(o_img, FN, "img", 1);
+    if (!img) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    image_flip_horizontal((uint8_t *)PyArray_DATA(img), DIM(img, 0), DIM(img, 1), DIM(img, 2));
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* color_jitter(img uint8 (H, W, 1|3), brightness, contrast, saturation, order="bcs"),
+ * in place: the adjustments named by the letters of `order`, in that order. */
+static PyObject *py_color_jitter(PyObject *self, PyObject *args)
+{
+    const char *FN = "color_jitter";
+    PyObject *o_img;
+    double f[3];
+    const char *order = "bcs";
+    if (!PyArg_ParseTuple(args, "Oddd|s", &o_img, &f[0], &f[1], &f[2], &order)) return NULL;
+    PyArrayObject *img = u8_image(o_img, FN, "img", 1);
+    if (!img) return NULL;
+    const int c = DIM(img, 2);
+    if (c != 1 && c != 3) {
+        PyErr_Format(PyExc_ValueError, "%s: argument 'img' must have 1 or 3 channels, got %d",
+                     FN, c);
+        return NULL;
+    }
+    static const char *names[3] = {"brightness", "contrast", "saturation"};
+    for (int i = 0; i < 3; i++)
+        if (!isfinite(f[i]) || f[i] < 0.0) {
+            PyErr_Format(PyExc_ValueError, "%s: %s factor must be finite and >= 0, got %R", FN,
+                         names[i], PyTuple_GET_ITEM(args, 1 + i));
+            return NULL;
+        }
+    int ops[3], nops = 0, seen = 0;
+    for (const char *p = order; *p; p++) {
+        const char *at = strchr("bcs", *p);
+        if (!at || nops == 3 || (seen & (1 << (at - "bcs")))) {
+            PyErr_Format(PyExc_ValueError, "%s: order must list each of 'b', 'c', 's' at most "
+                         "once, got '%s'", FN, order);
+            return NULL;
+        }
+        seen |= 1 << (at - "bcs");
+        ops[nops++] = (int)(at - "bcs");
+    }
+    uint8_t *px = (uint8_t *)PyArray_DATA(img);
+    const size_t npix = (size_t)DIM(img, 0) * DIM(img, 1);
+    Py_BEGIN_ALLOW_THREADS
+    for (int i = 0; i < nops; i++) {
+        const double k = f[ops[i]];
+        if (k == 1.0) continue;                    /* identity blend */
+        if (ops[i] == 0) image_adjust_brightness(px, npix, c, k);
+        else if (ops[i] == 1) image_adjust_contrast(px, npix, c, k);
+        else image_adjust_saturation(px, npix, c, k);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* pack_chw(batch float32 (N, C, H, W), index, img uint8 (H, W, C), mean (C,), std (C,), swap):
+ * batch[index] = (img with channels reversed if swap, as CHW - mean) / std. */
+static PyObject *py_pack_chw(PyObject *self, PyObject *args)
+{
+    const char *FN = "pack_chw";
+    PyObject *o_batch, *o_img, *o_mean, *o_std;
+    int index, swap;
+    if (!PyArg_ParseTuple(args, "OiOOOp", &o_batch, &index, &o_img, &o_mean, &o_std, &swap))
+        return NULL;
+    PyArrayObject *batch, *img, *mean, *std;
+    if (!(batch = F32(o_batch, "batch", 4, 1)) || !(img = u8_image(o_img, FN, "img", 0)) ||
+        !(mean = F32(o_mean, "mean", 1, 0)) || !(std = F32(o_std, "std", 1, 0))) return NULL;
+    const int n = DIM(batch, 0), c = DIM(batch, 1), h = DIM(batch, 2), w = DIM(batch, 3);
+    if (index < 0 || index >= n) {
+        PyErr_Format(PyExc_ValueError, "%s: index %d outside the batch of %d", FN, index, n);
+        return NULL;
+    }
+    if (DIM(img, 0) != h || DIM(img, 1) != w || DIM(img, 2) != c) {
+        PyErr_Format(PyExc_ValueError, "%s: 'img' is %dx%dx%d (H, W, C) but the batch holds "
+                     "%dx%dx%d images", FN, DIM(img, 0), DIM(img, 1), DIM(img, 2), h, w, c);
+        return NULL;
+    }
+    if (DIM(mean, 0) != c || DIM(std, 0) != c) {
+        PyErr_Format(PyExc_ValueError, "%s: 'mean' and 'std' must have %d entries (got %d, %d)",
+                     FN, c, DIM(mean, 0), DIM(std, 0));
+        return NULL;
+    }
+    const float *sd = DATA(std);
+    for (int k = 0; k < c; k++)
+        if (!(sd[k] > 0.0f) || !isfinite(sd[k])) {
+            PyErr_Format(PyExc_ValueError, "%s: 'std' entries must be finite and > 0", FN);
+            return NULL;
+        }
+    float *slot = DATA(batch) + (size_t)index * c * h * w;
+    Py_BEGIN_ALLOW_THREADS
+    image_pack_chw(slot, (const uint8_t *)PyArray_DATA(img), h, w, c, DATA(mean), sd, swap);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
 }
 
 /* ---------------------------------------------------------------- module */
@@ -1124,6 +1380,19 @@ static PyMethodDef methods[] = {
      "flops_of_widths(widths_f64, terms_f64 (T,5), dwidths=None) -> MACs"},
     {"flops_expected", py_flops_expected, METH_VARARGS,
      "flops_expected(alpha, units_i32 (U,4), terms (T,5), prob_type, dalpha=None, scale=1.0) -> MACs"},
+    {"decode_image", py_decode_image, METH_VARARGS,
+     "decode_image(data_bytes, name=None) -> uint8 (H, W, 3) RGB; JPEG or PNG"},
+    {"encode_jpeg", py_encode_jpeg, METH_VARARGS,
+     "encode_jpeg(img_u8 (H, W, 3), quality=90) -> bytes (baseline 4:2:0)"},
+    {"resize_crop", py_resize_crop, METH_VARARGS,
+     "resize_crop(out_u8_or_f32 (OH,OW,C), inp_u8 (H,W,C), y, x, h, w, rh=OH, rw=OW, oy=0, ox=0); "
+     "bilinear (OpenCV INTER_LINEAR)"},
+    {"flip_horizontal", py_flip_horizontal, METH_VARARGS, "flip_horizontal(img_u8 (H,W,C)); in place"},
+    {"color_jitter", py_color_jitter, METH_VARARGS,
+     "color_jitter(img_u8 (H,W,1|3), brightness, contrast, saturation, order='bcs'); in place, "
+     "torchvision adjust_* semantics"},
+    {"pack_chw", py_pack_chw, METH_VARARGS,
+     "pack_chw(batch_f32 (N,C,H,W), index, img_u8 (H,W,C), mean (C,), std (C,), swap)"},
     {NULL, NULL, 0, NULL}
 };
 

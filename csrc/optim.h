@@ -15,6 +15,6 @@ void sgd_step(float *param, float *buf, const float *grad, size_t len,
 /* Adam (L2 weight decay added to the gradient, as torch.optim.Adam);
  * step is the 1-based count after this update. */
 void adam_step(float *param, float *exp_avg, float *exp_avg_sq, const float *grad, size_t len,
-               float lr, float beta1, float beta2, float eps, float weight_decay, long step);
+               float lr, double beta1, double beta2, float eps, float weight_decay, long step);
 
 #endif

@@ -342,9 +342,10 @@ class MobileNetV2(_Backbone):
 
 class LinearClsHead(Module):
     def __init__(self, num_classes, in_unit, loss=None, topk=(1,), in_channels=None, rng=None,
-                 cal_acc=False, init_cfg=None):
+                 cal_acc=False, init_cfg=None, pruned=False):
         rng = rng if rng is not None else np.random.default_rng(0)
-        if in_channels is not None and in_channels != in_unit.num_channels:
+        # a pruned network keeps the supernet's head config; its input is the pruned width
+        if in_channels is not None and in_channels != in_unit.num_channels and not pruned:
             raise UserError(f"LinearClsHead: in_channels={in_channels} but the backbone gives "
                             f"{in_unit.num_channels} channels")
         self.num_classes = num_classes
@@ -415,7 +416,7 @@ class ImageClassifier(Module):
                                             "init_cfg"))
         if "num_classes" not in hcfg:
             raise UserError("head: 'num_classes' is required")
-        self.head = LinearClsHead(in_unit=self.backbone.out_unit, rng=rng, **hcfg)
+        self.head = LinearClsHead(in_unit=self.backbone.out_unit, rng=rng, pruned=bool(widths), **hcfg)
         self.units = self.backbone.units
         self._ops = [self.backbone, self.neck, self.head]
         self._terms = {}

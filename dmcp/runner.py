@@ -102,6 +102,12 @@ class Runner:
         # width sampling must agree on every rank: one seed, not per rank
         self.rng = np.random.default_rng(self.seed + 7)
         tcfg = dict(cfg.get("train_cfg") or {})
+        bad = set(tcfg) - {"type", "by_epoch", "max_epochs", "val_interval", "val_begin"}
+        if bad:
+            raise UserError(f"train_cfg: unknown key(s) {sorted(bad)}; accepted: by_epoch, "
+                            f"max_epochs, val_interval, val_begin")
+        if tcfg.get("by_epoch", True) is not True:
+            raise UserError("train_cfg: only epoch-based training (by_epoch=True) is supported")
         self.max_epochs = int(tcfg.get("max_epochs", 1))
         self.val_interval = int(tcfg.get("val_interval", 1))
         hooks = dict(cfg.get("default_hooks") or {})
@@ -134,10 +140,13 @@ class Runner:
                                                if isinstance(cfg["model"], dict) else None)
         if "train_dataloader" not in cfg:
             raise UserError(f"{cfg.filename}: 'train_dataloader' is required")
-        self.train_loader = build_dataloader(cfg["train_dataloader"], pre, seed=self.seed,
-                                             rank=self.rank, world_size=self.world, drop_last=True)
+        train_cfg = dict(cfg["train_dataloader"])
+        train_cfg.setdefault("drop_last", True)
+        self.train_loader = build_dataloader(train_cfg, pre, seed=self.seed, rank=self.rank,
+                                             world_size=self.world, where="train_dataloader")
         self.val_loader = build_dataloader(cfg["val_dataloader"], pre, seed=self.seed, rank=self.rank,
-                                           world_size=self.world, shuffle=False) \
+                                           world_size=self.world, shuffle=False,
+                                           where="val_dataloader") \
             if cfg.get("val_dataloader") else None
         self.iters_per_epoch = len(self.train_loader)
         if self.iters_per_epoch < 1:
@@ -233,7 +242,9 @@ class Runner:
             g["lr"] = lr
         return lr
 
-    def train(self):
+    def train(self, stop_at_iter=None):
+        """Train to max_epochs (or stop after ``stop_at_iter`` iterations, saving a
+        checkpoint there, as a killed job that left one would)."""
         net = self.net
         net.train()
         cfg_name = self.config_name
@@ -267,6 +278,9 @@ class Runner:
                     self._log_train(i + 1, lr, window, t_start, it_start)
                     window = []
                 t_data = time.time()
+                if stop_at_iter is not None and self.iter >= stop_at_iter:
+                    self.save_checkpoint(f"iter_{self.iter}.npz")
+                    return
             self.epoch += 1
             if self.epoch % self.ckpt_interval == 0 or self.epoch == self.max_epochs:
                 self.save_checkpoint(f"epoch_{self.epoch}.npz")

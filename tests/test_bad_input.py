@@ -62,11 +62,10 @@ BINDINGS = {
         lambda: [z(9), np.array([[0, 3, 2, 2], [3, 4, 4, 4], [7, 2, 1, 3]], i32),
                  np.array([[-1, 0, 3, 0, 2304], [0, 1, 0, 0, 576], [2, -1, 0, 10, 1]], f64),
                  0, z(9), 1.0],
-        []),
+        ["dalpha"]),
 }
 # flops_expected takes dalpha after prob_type: map argument names to positions explicitly
 ARG_POS = {"flops_expected": {"alpha": 0, "units": 1, "terms": 2, "dalpha": 4}}
-WRITABLE_EXTRA = {"flops_expected": ["dalpha"]}
 
 
 def pos(fn, arg):
@@ -143,7 +142,6 @@ def test_non_contiguous_is_value_error(fn, arg):
 
 
 def test_misaligned_is_value_error():
-    buf = np.zeros(2 * 4 * 5 * 4 + 1, np.uint8)[1:].view(f32).reshape(2, 5, 4)[..., :4]
     buf = np.zeros(4 * 20 + 1, np.uint8)[1:].view(f32).reshape(4, 5)
     assert not buf.flags.aligned
     args = BINDINGS["linear_forward"][1]()
@@ -160,7 +158,7 @@ def test_wrong_ndim_is_value_error(fn, arg):
     expect(fn, args, ValueError, arg)
 
 
-READONLY = [(fn, a) for fn, (_, _, w) in BINDINGS.items() for a in w + WRITABLE_EXTRA.get(fn, [])]
+READONLY = [(fn, a) for fn, (_, _, w) in BINDINGS.items() for a in w]
 
 
 @pytest.mark.parametrize("fn,arg", READONLY, ids=[f"{f}-{a}" for f, a in READONLY])
@@ -202,7 +200,8 @@ MISMATCH = [
     ("sgd_step", "momentum_buffer", z(15), "momentum_buffer"),
     ("sgd_step", "momentum_buffer", None, "momentum_buffer"),      # momentum 0.9 needs a buffer
     ("gate_forward", "out", z((2, 7, 3, 2)), "out"),
-    ("gate_forward", "P", np.full(4, 0.5, f32), "P"),              # 1 + 4*2 != 7 channels
+    # 1 + 4*2 != 7 channels; the message names min_ch/group_size but no argument
+    ("gate_forward", "P", np.full(4, 0.5, f32), "P"),
     ("gate_forward", "inp", z((2, 8, 3, 3)), "inp"),
     ("flops_expected", "units", z((3, 3), i32), "units"),
     ("flops_expected", "units", np.array([[0, 3, 2, 2], [3, 4, 4, 4], [7, 3, 1, 3]], i32), "units"),
@@ -231,6 +230,7 @@ ZERO_SIZE = [
     ("conv2d_backward", {"dinp": z((0, 3, 6, 6)), "dout": z((0, 4, 6, 6)), "inp": z((0, 3, 6, 6))}, "inp"),
     ("batchnorm_forward_train", {"out": z((0, 3, 4, 4)), "inp": z((0, 3, 4, 4))}, "inp"),
     ("batchnorm_forward_train", {"out": z((2, 3, 0, 4)), "inp": z((2, 3, 0, 4))}, "inp"),
+    # no channels: currently accepted as a silent no-op (binding gap)
     ("batchnorm_forward_train", {"out": z((2, 0, 4, 4)), "inp": z((2, 0, 4, 4)),
                                  "save_mean": z(0), "save_invstd": z(0)}, "inp"),
     ("linear_forward", {"out": z((0, 4)), "inp": z((0, 5))}, "inp"),
@@ -242,6 +242,7 @@ ZERO_SIZE = [
     ("crossentropy_forward", {"losses": z(0), "probs": z((0, 5)), "logits": z((0, 5)),
                               "labels": z(0, i64)}, "logits"),
     ("crossentropy_forward", {"probs": z((4, 0)), "logits": z((4, 0))}, "logits"),
+    # empty batch / plane: currently accepted as a silent no-op (binding gap)
     ("gate_forward", {"out": z((0, 7, 3, 3)), "inp": z((0, 7, 3, 3))}, "inp"),
     ("gate_forward", {"out": z((2, 7, 0, 3)), "inp": z((2, 7, 0, 3))}, "inp"),
     ("flops_expected", {"alpha": z(0), "dalpha": z(0)}, "units"),      # units need 9 alphas
@@ -290,7 +291,7 @@ def test_bad_scalars_are_value_errors():
 def test_dropout_p_message_shows_the_value():
     """PyErr_Format has no %g: the message must still show the bad p."""
     x = z(3)
-    with pytest.raises(ValueError, match=r"^dropout_forward: p must be in \[0, 1\), got 1(\.0*)?$"):
+    with pytest.raises(ValueError, match=r"^dropout_forward: p must be in \[0, 1\), got 1(\.0*)?\b"):
         C.dropout_forward(z(3), z(3), x, 1.0, 0)
 
 

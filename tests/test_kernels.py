@@ -66,6 +66,11 @@ CONV_CASES = {
     "g4_3x3_s2": conv_case(2, 8, 7, 7, 8, 3, 2, 1, 1, 4),
     "g2_1x1": conv_case(2, 4, 6, 6, 8, 1, 1, 0, 1, 2),
     "g4_3x3_dil2_b1": conv_case(1, 8, 8, 9, 12, 3, 1, 2, 2, 4),
+    # past conv2d.c's chunking thresholds: a pointwise conv with >= 1024 output
+    # pixels runs per image on the image itself; a column matrix of > 1M floats
+    # per image gives chunks of 2 images, so a batch of 3 leaves a remainder
+    "1x1_direct": conv_case(3, 4, 32, 33, 5, 1),
+    "g2_3x3_chunked": conv_case(3, 16, 80, 80, 4, 3, 1, 1, 1, 2),
 }
 
 
@@ -90,11 +95,10 @@ def conv_data(rng, cs, bias):
     return x, wt, b, dout
 
 
-def dmcp_conv(cs, x, wt, b, dout, naive=False, oc=None):
+def dmcp_conv(cs, x, wt, b, dout, naive=False):
     fwd = C.conv2d_forward_naive if naive else C.conv2d_forward
     bwd = C.conv2d_backward_naive if naive else C.conv2d_backward
-    oc = cs["oc"] if oc is None else oc
-    out = np.full((x.shape[0], oc, *conv_out_hw(cs)), np.nan, f32)
+    out = np.full((x.shape[0], cs["oc"], *conv_out_hw(cs)), np.nan, f32)
     fwd(out, x, wt, b, *conv_args(cs))
     dx, dw = np.zeros_like(x), np.zeros_like(wt)
     db = None if b is None else np.zeros_like(b)
@@ -172,6 +176,8 @@ SLICE_CASES = {   # geometry + (C_full, OC_full) of the weight buffer; groups ==
     "3x3_s2": (conv_case(1, 2, 9, 7, 3, 3, 2, 1), 4, 5),
     "7x7_s2_p3": (conv_case(2, 3, 10, 9, 4, 7, 2, 3), 5, 6),
     "3x3_dil2": (conv_case(1, 4, 9, 9, 3, 3, 1, 2, 2), 8, 8),
+    "1x1_direct": (conv_case(2, 3, 32, 32, 4, 1), 6, 5),
+    "3x3_chunked": (conv_case(3, 14, 80, 80, 3, 3, 1, 1), 16, 5),
 }
 
 
@@ -576,7 +582,7 @@ def test_adam_vs_torch(rng, close):
         opt.step()
         close(p, npy(pt), "adam_step", rtol=1e-6, atol=1e-6)
         close(m, npy(opt.state[pt]["exp_avg"]), "adam_step", rtol=1e-5, atol=1e-7)
-        # 1 - beta2 is formed in float32 (1 - 0.999f = 0.0010000467): v is off by ~5e-5 relative
+        # 1 - beta2 is formed in float32 (1 - 0.999f = 0.0009999871): v is off by ~1.3e-5 relative
         close(v, npy(opt.state[pt]["exp_avg_sq"]), "adam_step exp_avg_sq", rtol=1e-4, atol=1e-9)
 
 
@@ -871,6 +877,12 @@ THREAD_SCRIPT = textwrap.dedent("""
     dx1, dw1 = np.zeros_like(x), np.zeros_like(w1)
     C.conv2d_backward(dx1, dw1, None, r(*out1.shape), x, w1, 1, 1, 0, 0, 1, 1, 1)
     res.update(pw_out=out1, pw_dx=dx1, pw_dw=dw1)
+    xb = r(2, 8, 32, 32)                     # >= 1024 output pixels: per-image pointwise path
+    outb = np.empty((2, 32, 32, 32), f32)
+    C.conv2d_forward(outb, xb, w1, None, 1, 1, 0, 0, 1, 1, 1)
+    dxb, dwb = np.zeros_like(xb), np.zeros_like(w1)
+    C.conv2d_backward(dxb, dwb, None, r(*outb.shape), xb, w1, 1, 1, 0, 0, 1, 1, 1)
+    res.update(pwd_out=outb, pwd_dx=dxb, pwd_dw=dwb)
     xl, wl = r(64, 300), r(200, 300)
     outl = np.empty((64, 200), f32)
     C.linear_forward(outl, xl, wl, None)

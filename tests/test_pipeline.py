@@ -1,0 +1,171 @@
+"""The pipeline end to end on a few hundred Fashion-MNIST images: supernet search
+with every work-dir artefact, retraining of the sampled subnet, evaluation,
+bit-for-bit resume, and clear user errors from the tools."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import dmcp
+from dmcp.cli import load_config
+from dmcp.runner import Runner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUPERNET = os.path.join(ROOT, "configs", "dmcp_resnet20_fmnist_supernet.py")
+SUBNET = os.path.join(ROOT, "configs", "dmcp_resnet20_fmnist_subnet.py")
+FMNIST = "/usr/share/datasets/fashion-mnist"
+
+# a DMCP run small enough for CI: 192 images, batches of 32, 2 epochs, arch steps from iteration 2
+SHORT = ["train_dataloader.dataset.indices=192", "train_dataloader.batch_size=32",
+         "val_dataloader.dataset.indices=128", "val_dataloader.batch_size=64",
+         "train_cfg.max_epochs=2", "train_cfg.val_interval=1", "model.arch_start_train=2",
+         "model.arch_train_freq=1", "model.target_flops=6", "custom_hooks.0.subnet_sample_num=2",
+         "default_hooks.logger.interval=2", "model.distillation_times=3"]
+
+
+def tool(*args, check=True):
+    r = subprocess.run([sys.executable] + list(args), cwd=ROOT, capture_output=True, text=True,
+                       timeout=900)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{args} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    if not os.path.exists(os.path.join(FMNIST, "train-images-idx3-ubyte.gz")):
+        raise AssertionError(f"Fashion-MNIST is missing from {FMNIST}: "
+                             "apt-get install dataset-fashion-mnist")
+    wd = str(tmp_path_factory.mktemp("supernet"))
+    r = tool("tools/train.py", SUPERNET, "--work-dir", wd, "--cfg-options", *SHORT)
+    return wd, r
+
+
+def test_supernet_work_dir(searched):
+    wd, r = searched
+    files = set(os.listdir(wd))
+    assert "dmcp_resnet20_fmnist_supernet.py" in files           # resolved config
+    logs = [f for f in files if f.endswith(".log")]
+    assert len(logs) == 1
+    log = open(os.path.join(wd, logs[0])).read()
+    for needle in ("Epoch(train) [1]", "lr:", "eta:", "time:", "data_time:", "loss_max:",
+                   "loss_min:", "expected_mflops:", "arch_loss:", "Epoch(val) [2]",
+                   "max/accuracy/top1", "min/accuracy/top1", "Sampled subnet_1", "Sampled expected_ch"):
+        assert needle in log, needle
+    records = [json.loads(line) for line in open(os.path.join(wd, "vis_data", "scalars.json"))]
+    assert any("expected_mflops" in rec for rec in records)
+    assert any("max/accuracy/top1" in rec for rec in records)
+    assert {"epoch_1.npz", "epoch_2.npz", "last_checkpoint"} <= files
+    assert open(os.path.join(wd, "last_checkpoint")).read().strip().endswith("epoch_2.npz")
+    # the resolved config reloads
+    assert load_config(os.path.join(wd, "dmcp_resnet20_fmnist_supernet.py")).model.target_flops == 6
+
+    sample = os.path.join(wd, "model_sample")
+    names = set(os.listdir(sample))
+    assert {"subnet_1.json", "subnet_2.json", "expected_ch.json", "unit_widths.png",
+            "flops_histogram.png"} <= names
+    for png in ("unit_widths.png", "flops_histogram.png"):
+        with open(os.path.join(sample, png), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for name in ("subnet_1.json", "subnet_2.json"):
+        flops = json.loads(tool("tools/get_flops.py", SUPERNET, "--subnet", os.path.join(sample, name),
+                                "--json").stdout)["flops"]
+        assert 0.95 * 6e6 <= flops <= 1.05 * 6e6, (name, flops)
+    fix = json.load(open(os.path.join(sample, "expected_ch.json")))
+    assert fix["type"] == "DMCPChannelMutator"
+    units = fix["channel_unit_cfg"]["units"]
+    assert "backbone.conv1_(0, 16)_16" in units
+    for key, entry in units.items():
+        assert 1 <= entry["choice"] <= entry["init_args"]["num_channels"]
+
+
+def test_subnet_retrain_and_test(searched, tmp_path):
+    wd, _ = searched
+    fix = os.path.join(wd, "model_sample", "expected_ch.json")
+    sub = str(tmp_path / "subnet")
+    opts = ["train_dataloader.dataset.indices=192", "train_dataloader.batch_size=32",
+            "val_dataloader.dataset.indices=128", "train_cfg.max_epochs=1", "train_cfg.val_interval=1",
+            f"model.fix_subnet={fix}", "default_hooks.logger.interval=2"]
+    tool("tools/train.py", SUBNET, "--work-dir", sub, "--cfg-options", *opts)
+    assert os.path.exists(os.path.join(sub, "epoch_1.npz"))
+    r = tool("tools/test.py", SUBNET, os.path.join(sub, "epoch_1.npz"), "--work-dir", str(tmp_path / "t"),
+             "--cfg-options", *opts)
+    assert "accuracy/top1" in r.stdout + r.stderr
+    # the pruned net has the FLOPs of the JSON
+    pruned = json.loads(tool("tools/get_flops.py", SUBNET, "--json", "--cfg-options",
+                             f"model.fix_subnet={fix}").stdout)["flops"]
+    applied = json.loads(tool("tools/get_flops.py", SUPERNET, "--subnet", fix, "--json").stdout)["flops"]
+    assert pruned == applied
+
+
+def _short_cfg(extra=()):
+    cfg = load_config(SUPERNET, SHORT + ["train_cfg.val_interval=100", "custom_hooks=[]",
+                                         "model.target_flops=10"] + list(extra))
+    return cfg
+
+
+def test_resume_bit_for_bit(tmp_path):
+    straight = Runner(_short_cfg(), work_dir=str(tmp_path / "a"))
+    straight.train()
+    total = straight.iter
+    assert total == 12
+    killed = Runner(_short_cfg(), work_dir=str(tmp_path / "b"))
+    killed.train(stop_at_iter=total // 2 + 1)          # mid-epoch, after arch steps started
+    resumed = Runner(_short_cfg(), work_dir=str(tmp_path / "b"), resume="auto")
+    assert resumed.iter == total // 2 + 1
+    resumed.train()
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert any(k.startswith("mutator.") for k in a)
+    assert straight.model.random_prob == resumed.model.random_prob
+
+
+def _user_error(args, needle):
+    r = tool(*args, check=False)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr
+    assert needle in r.stderr, r.stderr
+
+
+def test_tools_report_user_errors(tmp_path):
+    _user_error(["tools/train.py", "configs/nope.py"], "nope.py")
+    _user_error(["tools/train.py", SUPERNET, "--work-dir", str(tmp_path / "x"), "--cfg-options",
+                 "model.arch_strat_train=3"], "arch_strat_train")
+    _user_error(["tools/train.py", SUPERNET, "--work-dir", str(tmp_path / "x"), "--cfg-options",
+                 "train_dataloader.dataset.data_root=/nonexistent/fmnist"], "/nonexistent/fmnist")
+    _user_error(["tools/train.py", SUPERNET, "--work-dir", str(tmp_path / "x"), "--cfg-options",
+                 "supernet.backbone.type=ResNot", "model.architecture.backbone.type=ResNot"], "ResNot")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    _user_error(["tools/get_flops.py", SUPERNET, "--subnet", str(bad)], "bad.json")
+    wide = tmp_path / "wide.json"
+    wide.write_text(json.dumps({"type": "DMCPChannelMutator", "channel_unit_cfg": {"units": {
+        "backbone.conv1_(0, 16)_16": {"init_args": {"num_channels": 16}, "choice": 99}}}}))
+    _user_error(["tools/get_flops.py", SUPERNET, "--subnet", str(wide)], "99")
+    _user_error(["tools/test.py", SUPERNET, str(tmp_path / "missing.npz")], "missing.npz")
+
+
+def test_get_flops_pins_published_numbers():
+    r50 = json.loads(tool("tools/get_flops.py", "configs/dmcp_resnet50_supernet.py", "--json").stdout)
+    mb2 = json.loads(tool("tools/get_flops.py", "configs/dmcp_mbv2_supernet.py", "--json").stdout)
+    assert r50["flops"] == 4089184256 and r50["params"] == 25557032
+    assert mb2["flops"] == 300774272 and mb2["params"] == 3504872
+    assert round(r50["flops"] / 1e9, 2) == 4.09 and round(mb2["flops"] / 1e6, 1) == 300.8
+    assert len(r50["layers"]) == 54 and len(mb2["layers"]) == 53
+
+
+def test_python_api_matches_interfaces():
+    cfg = dmcp.Config.fromfile(SUPERNET)
+    model = dmcp.build_model(cfg.supernet)
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    logits = model(x)
+    assert logits.shape == (2, 10)
+    gx = model.backward(np.ones_like(logits))
+    assert gx.shape == x.shape
+    assert all(p.grad.shape == p.data.shape for _, p in model.named_parameters())
+    assert dmcp.count_flops(model, (1, 28, 28))["flops"] == 31021952
