@@ -3,6 +3,7 @@ configs, the sandwich-rule weight step with in-place distillation, the
 architecture step, and sampling of the pruned structure.
 """
 import copy
+import warnings
 
 import numpy as np
 
@@ -59,9 +60,14 @@ def build_pruned(supernet_cfg, fix_subnet, seed=0, supernet=None):
         if not isinstance(w, (int, np.integer)) or isinstance(w, bool) or not 1 <= w <= u.num_channels:
             raise UserError(f"{source}: unit '{key}' choice {w!r} is outside 1..{u.num_channels}")
         widths[u.name] = int(w)
+    missing = [u.name for u in probe.units.values() if u.name not in widths]
+    if missing:
+        warnings.warn(f"{source}: {len(missing)} unit(s) not given keep full width: "
+                      f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     model = build_classifier(supernet_cfg, seed, widths=widths)
     if supernet is not None:
-        model.load_state_dict(supernet.state_dict())
+        supernet = getattr(supernet, "architecture", supernet)
+        model.load_state_dict(supernet.state_dict(), slice_channels=True)
     return model
 
 

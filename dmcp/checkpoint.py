@@ -6,6 +6,7 @@ pickle whose tensors refer to storages by key) and ``data/<key>`` (the raw
 little-endian bytes of each storage).  The unpickler below rebuilds tensors as
 NumPy arrays and refuses every other global it does not know.
 """
+import os
 import pickle
 import re
 import zipfile
@@ -25,6 +26,22 @@ _STORAGE_DTYPES = {
 
 _SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "dict": dict, "list": list, "tuple": tuple,
                   "int": int, "float": float, "str": str}
+
+
+class _Placeholder:
+    """Stands in for any pickled object that is not part of a state dict."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __setstate__(self, state):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Placeholder()
 
 
 class _StorageType:
@@ -62,8 +79,8 @@ class _Unpickler(pickle.Unpickler):
             return tuple
         if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
             return _SAFE_BUILTINS[name]
-        # anything else (mmengine meta objects, numpy scalars...) becomes an inert placeholder
-        return lambda *a, **k: None
+        # anything else (mmengine message hubs, numpy arrays in meta...) becomes an inert placeholder
+        return _Placeholder
 
     def persistent_load(self, pid):
         kind, stype, key = pid[0], pid[1], pid[2]
@@ -153,12 +170,29 @@ def to_mmcls_names(model, state):
     return {("head." + k if k.startswith("fc.") else "backbone." + k): v for k, v in state.items()}
 
 
-def load_weights(model, state, strict=True):
+def _sliceable(key, src, dst):
+    """A supernet tensor may be cut to a pruned model's channels: conv weights along
+    out/in channels (never the kernel), BN vectors, the classifier's input features."""
+    if src.ndim != dst.ndim or any(s < d for s, d in zip(src.shape, dst.shape)):
+        return False
+    if src.ndim == 4:
+        return src.shape[2:] == dst.shape[2:]
+    if key.startswith("head.fc."):
+        return src.shape[0] == dst.shape[0]
+    return src.ndim == 1
+
+
+def load_weights(model, state, strict=True, slice_channels=False):
     """Copy a state dict (or a checkpoint path) into the model, checking names and shapes.
-    A pruned model takes the leading slice of larger (supernet) weights."""
+    With ``slice_channels`` (a pruned model loading its supernet) larger tensors give
+    their leading channels."""
+    if isinstance(state, (str, os.PathLike)):
+        state = os.fspath(state)
     source = state if isinstance(state, str) else "state dict"
     if isinstance(state, str):
         state = read_checkpoint(state)
+    if not isinstance(state, dict):
+        raise UserError(f"load_state_dict expects a dict or a checkpoint path, got {type(state).__name__}")
     state = to_mmcls_names(model, state)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -171,7 +205,7 @@ def load_weights(model, state, strict=True):
             continue
         src = np.asarray(state[k])
         if src.shape != dst.shape:
-            if src.ndim != dst.ndim or any(s < d for s, d in zip(src.shape, dst.shape)):
+            if not (slice_channels and _sliceable(k, src, dst)):
                 raise UserError(f"{source}: '{k}' has shape {src.shape}, the model needs {dst.shape}")
             src = src[tuple(slice(0, d) for d in dst.shape)]
         dst[...] = src.astype(dst.dtype, copy=False)

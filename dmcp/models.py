@@ -431,9 +431,9 @@ class ImageClassifier(Module):
     def backward(self, grad_logits):
         return _backward(self._ops, grad_logits)
 
-    def load_state_dict(self, state, strict=True):
+    def load_state_dict(self, state, strict=True, slice_channels=False):
         from .checkpoint import load_weights
-        return load_weights(self, state, strict)
+        return load_weights(self, state, strict, slice_channels)
 
     # ---- FLOPs
     def trace(self, input_shape):

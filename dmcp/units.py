@@ -155,9 +155,7 @@ class Mutator:
             return u.min_ch + u.group_size * int(rng.integers(0, u.ngroups + 1))
         u.compute_probs(self.prob_type)
         if mode == "direct":
-            p = np.empty(u.ngroups, np.float32)
-            p[0] = u.P[0]
-            p[1:] = u.P[1:] / np.maximum(u.P[:-1], 1e-30)     # conditional keep probabilities
+            p = self.keep_probs(u)
             keep = 0
             for k in range(u.ngroups):
                 if rng.random() >= p[k]:
@@ -168,6 +166,13 @@ class Mutator:
             k = int(round((u.expected_width() - u.min_ch) / u.group_size))
             return u.min_ch + u.group_size * min(max(k, 0), u.ngroups)
         raise UserError(f"width mode '{mode}' is not one of max, min, random, direct, expected, choice")
+
+    def keep_probs(self, u):
+        """Conditional keep probabilities p_k of a unit (DMCP.md section 2)."""
+        a = u.alpha.data.astype(np.float64)
+        if self.prob_type == PROB_TYPES["sigmoid"]:
+            return 1.0 / (1.0 + np.exp(-a))
+        return np.exp(-np.maximum(a, 0.0))
 
     def widths(self):
         return {u.name: u.width for u in self.units}
@@ -264,8 +269,11 @@ def load_subnet(fix_subnet):
             raise UserError(f"{source}: not valid JSON ({e})") from None
     if not isinstance(fix_subnet, dict):
         raise UserError(f"{source}: expected a JSON object, got {type(fix_subnet).__name__}")
-    units = fix_subnet.get("channel_unit_cfg", {}).get("units") if "channel_unit_cfg" in fix_subnet \
-        else fix_subnet.get("units", fix_subnet)
+    if "channel_unit_cfg" in fix_subnet:
+        ucfg = fix_subnet["channel_unit_cfg"]
+        units = ucfg.get("units") if isinstance(ucfg, dict) else None
+    else:
+        units = fix_subnet.get("units", fix_subnet)
     if not isinstance(units, dict) or not units:
         raise UserError(f"{source}: no 'channel_unit_cfg.units' mapping found")
     choices, declared = {}, {}
@@ -274,7 +282,10 @@ def load_subnet(fix_subnet):
             if "choice" not in entry:
                 raise UserError(f"{source}: unit '{key}' has no 'choice'")
             choices[key] = entry["choice"]
-            n = entry.get("init_args", {}).get("num_channels")
+            init = entry.get("init_args", {})
+            if not isinstance(init, dict):
+                raise UserError(f"{source}: unit '{key}' 'init_args' must be an object, got {init!r}")
+            n = init.get("num_channels")
             if n is not None:
                 declared[key] = n
         else:
