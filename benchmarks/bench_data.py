@@ -93,7 +93,7 @@ def main():
               f"batch mean {x.mean():+.3f} std {x.std():.3f}")
 
         # stages on one thread
-        ds = serial and loader(0).dataset
+        ds = loader(0).dataset
         blobs = [open(ds.path(i), "rb").read() for i in range(len(ds))]
         imgs = [_C.decode_image(b) for b in blobs]
         rrc = data.RandomResizedCrop(scale=224)

@@ -2,25 +2,16 @@
 configs, the sandwich-rule weight step with in-place distillation, the
 architecture step, and sampling of the pruned structure.
 """
-import copy
 import warnings
 
 import numpy as np
 
+from .config import _plain
 from .models import ImageClassifier, _check_keys, _strip_scope
 from .nn import KLDivergence
 from .units import Mutator, UserError, apply_subnet, budget_loss, load_subnet
 
 STRATEGIES = ("max", "min", "random", "direct", "scheduled_random", "arch_random")
-
-
-def _plain(cfg):
-    """Config dicts (ConfigDict or dict, nested) as plain dicts."""
-    if isinstance(cfg, dict):
-        return {k: _plain(v) for k, v in cfg.items()}
-    if isinstance(cfg, (list, tuple)):
-        return type(cfg)(_plain(v) for v in cfg)
-    return cfg
 
 
 def build_classifier(cfg, seed=0, widths=None):
@@ -187,10 +178,6 @@ def build_algorithm_model(cfg, seed=0):
             raise UserError("sub_model needs 'cfg' (the supernet) and 'fix_subnet'")
         return build_pruned(cfg["cfg"], cfg["fix_subnet"], seed)
     raise UserError(f"model type {t!r} is not one of ImageClassifier, DMCP, sub_model")
-
-
-def copy_cfg(cfg):
-    return copy.deepcopy(_plain(cfg))
 
 
 # ---------------------------------------------------------------- training steps

@@ -1012,7 +1012,7 @@ class DefaultSampler:
             self.num_samples = -(-self.size // self.world_size)
             self.total_size = self.num_samples * self.world_size
         else:
-            self.num_samples = -(-(self.size - self.rank) // self.world_size)
+            self.num_samples = max(0, -(-(self.size - self.rank) // self.world_size))
             self.total_size = self.size
 
     def set_epoch(self, epoch):
@@ -1020,7 +1020,8 @@ class DefaultSampler:
 
     def indices(self):
         if self.shuffle:
-            idx = np.random.Generator(np.random.PCG64(self.seed + self.epoch)).permutation(self.size)
+            rng = np.random.Generator(np.random.PCG64((self.seed + self.epoch) & _MASK64))
+            idx = rng.permutation(self.size)
         else:
             idx = np.arange(self.size)
         if self.round_up and self.total_size > self.size:
@@ -1200,11 +1201,14 @@ _LOADER_KEYS = ("batch_size", "num_workers", "dataset", "sampler", "persistent_w
 
 
 def build_dataloader(loader_cfg, preprocessor_cfg=None, seed=0, rank=0, world_size=1,
-                     shuffle=None, where="dataloader"):
+                     shuffle=None, drop_last=None, where="dataloader"):
     """A DataLoader from an mmengine-style dataloader dict and data_preprocessor dict.
 
-    seed drives the sampler's permutation (same on every rank) and the
-    per-sample augmentation; shuffle (if not None) overrides the sampler's."""
+    seed drives the sampler's permutation and the per-sample augmentation; it
+    must be the same on every rank (the ranks' shards of one permutation are
+    disjoint, and each sample's augmentation is keyed by its own index, so no
+    per-rank seed is needed).  shuffle / drop_last, when not None, override
+    the config's.  `where` names the config entry in error messages."""
     if not isinstance(loader_cfg, dict):
         raise UserError(f"{where}: expected a dict, got {loader_cfg!r}")
     cfg = dict(loader_cfg)
@@ -1256,5 +1260,6 @@ def build_dataloader(loader_cfg, preprocessor_cfg=None, seed=0, rank=0, world_si
     sseed = scfg.get("seed")
     sampler = DefaultSampler(len(dataset), do_shuffle, seed if sseed is None else sseed,
                              scfg.get("round_up", True), rank, world_size)
-    return DataLoader(dataset, bs, sampler, pre, num_workers=nw,
-                      drop_last=cfg.get("drop_last", False), seed=seed, prefetch_factor=pf)
+    drop = cfg.get("drop_last", False) if drop_last is None else drop_last
+    return DataLoader(dataset, bs, sampler, pre, num_workers=nw, drop_last=drop, seed=seed,
+                      prefetch_factor=pf)

@@ -1,8 +1,5 @@
 """FLOPs and parameter counting: conv + linear multiply-accumulates at the
 model's current widths, one image of the given size (DMCP.md section 4)."""
-import numpy as np
-
-from . import _C
 from .nn import Linear
 
 
@@ -42,11 +39,3 @@ def count_flops(model, input_shape=(3, 224, 224)):
         if hasattr(m, "running_mean") and m._cache is not None:
             params += 2 * m._cache[0].shape[1]
     return dict(flops=int(total), params=int(params), layers=rows)
-
-
-def unit_flops(model, input_shape):
-    """The same conv+linear MACs through the C unit tables (what the budget uses)."""
-    net = _model_of(model)
-    units = list(net.units.values())
-    widths = np.array([u.width for u in units], np.float64)
-    return _C.flops_of_widths(widths, net.flops_terms(input_shape, units))

@@ -239,7 +239,8 @@ def test_resize_crop_matches_reference(geom):
 
 def test_resize_edge_center_crop_fused_equals_separate():
     img = np.random.default_rng(5).integers(0, 256, (75, 100, 3), dtype=np.uint8)
-    fused = data.Pipeline([dict(type="ResizeEdge", scale=60), dict(type="CenterCrop", crop_size=50)])
+    fused = data.Pipeline([dict(type="ResizeEdge", scale=60),
+                           dict(type="CenterCrop", crop_size=50)])
     assert len(fused.transforms) == 1
     sep = data.Pipeline([dict(type="ResizeEdge", scale=60), dict(type="RandomFlip", prob=0.0),
                          dict(type="CenterCrop", crop_size=50)])
@@ -273,7 +274,8 @@ def test_flip_jitter_pack_match_numpy():
     for swap in (0, 1):
         _C.pack_chw(batch, 1 + swap, img, mean, std, swap)
         src = img[..., ::-1] if swap else img
-        want = (src.transpose(2, 0, 1).astype(np.float32) - mean[:, None, None]) / std[:, None, None]
+        want = (src.transpose(2, 0, 1).astype(np.float32) - mean[:, None, None]) \
+            / std[:, None, None]
         np.testing.assert_array_equal(batch[1 + swap], want)
     assert not batch[0].any()
 
@@ -368,7 +370,8 @@ def test_random_crop_and_flip_batch_equal_single():
 def test_pipeline_config_errors():
     with pytest.raises(UserError, match=r"pipeline\[1\] \(RandomFlip\): unknown key 'probability'"):
         data.Pipeline([dict(type="LoadImageFromFile"), dict(type="RandomFlip", probability=0.5)])
-    with pytest.raises(UserError, match="unknown transform type 'RandomFlop'.*did you mean 'RandomFlip'"):
+    with pytest.raises(UserError,
+                       match="unknown transform type 'RandomFlop'.*did you mean 'RandomFlip'"):
         data.Pipeline([dict(type="mmcls.RandomFlop")])
     with pytest.raises(UserError, match="normalisation belongs in data_preprocessor"):
         data.Pipeline([dict(type="Normalize", mean=[0], std=[1])])
@@ -393,7 +396,8 @@ def test_fashion_mnist_loads():
     np.testing.assert_array_equal(first.images, train.images[:100])
     np.testing.assert_array_equal(first.labels, train.labels[:100])
     assert data.dataset_input_shape(dict(type="FashionMNIST", pipeline=[
-        dict(type="RandomCrop", crop_size=28, padding=4), dict(type="PackClsInputs")])) == (1, 28, 28)
+        dict(type="RandomCrop", crop_size=28, padding=4),
+        dict(type="PackClsInputs")])) == (1, 28, 28)
     loader = data.build_dataloader(
         dict(batch_size=64, num_workers=0, dataset=dict(type="FashionMNIST", indices=130),
              sampler=dict(type="DefaultSampler", shuffle=False)),
