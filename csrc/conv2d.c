@@ -1,12 +1,18 @@
 /* conv2d.c: 2-D convolution, float32, NCHW, forward and backward.
  *
- * Three paths, picked from the shape:
- *   dense (groups == 1) and grouped: im2col per image, then one SGEMM per
- *     group; 1x1 stride-1 pad-0 convs skip im2col (the image is the column
- *     matrix).  OpenMP loops for im2col/col2im/bias, threaded OpenBLAS for the
- *     GEMMs, never one inside the other.
- *   depthwise (groups == c == oc, w_cin_full == 1): direct loops parallel over
- *     planes, with a fused 9-tap inner loop for 3x3.
+ * Paths, picked from the shape alone (never from the thread count):
+ *   tiled (dense and grouped, kernel larger than 1x1, per-group weights of at
+ *     most CONV_TILED_MAX_W floats, batch >= 2): one OpenMP region over fixed
+ *     batch slots; each slot copies an image into zero-padded, stride-phase
+ *     planes and runs an implicit GEMM (no column matrix) with a
+ *     register-blocked micro-kernel.  No OpenBLAS, one fork/join per call.
+ *   GEMM (everything else dense or grouped: 1x1 kernels, large weights,
+ *     batch 1, and backward-data of strided or few-channel convs): im2col of
+ *     a chunk of images side by side, one OpenBLAS SGEMM per chunk and group.
+ *     OpenMP loops for im2col/col2im/gather/scatter, threaded OpenBLAS for
+ *     the GEMMs, never one inside the other.
+ *   depthwise (groups == c == oc, w_cin_full == 1): flat direct loops over
+ *     zero-padded planes, parallel over planes (channels for the weights).
  *   _naive: direct loops with double accumulators, the reference for tests.
  *
  * Weight indexing, shared by every path: output channel o of group g uses
@@ -115,45 +121,66 @@ static void tap_range(int off, int stride, int in, int out, int *lo, int *hi)
  * (oc, nb*OH*OW), scattered into NCHW.  Small layers take the whole batch in
  * one chunk, so one GEMM (and one packing of the weights) replaces N small
  * ones; large layers take one image per chunk and read and write NCHW in
- * place, as a per-image im2col + SGEMM would. */
+ * place, as a per-image im2col + SGEMM would.  This path takes the layers
+ * the tiled path below does not: 1x1 kernels, large weights, batch 1, and
+ * backward-data of strided or few-channel convs. */
 
-/* Images per chunk stop growing once their column matrix holds this many
- * floats (8 MB). */
+/* Images per chunk stop growing once their column matrix and outputs hold
+ * this many floats (2 MB: the chunk stays in cache from im2col to col2im). */
 #ifndef CONV_COL_CAP
-#define CONV_COL_CAP (2 << 20)
+#define CONV_COL_CAP (1 << 19)
 #endif
 /* Pointwise convs with at least this many output pixels per image run per
  * image on the image itself: the GEMM is wide enough and no copy is needed. */
 #ifndef CONV_POINTWISE_DIRECT
-#define CONV_POINTWISE_DIRECT 1024
+#define CONV_POINTWISE_DIRECT 128
+#endif
+
+/* Below this many multiply-adds a whole layer runs image by image: its
+ * small GEMMs stay single-threaded inside OpenBLAS and need no copies, which
+ * beats one threaded GEMM plus gather and scatter. */
+#ifndef CONV_GEMM_TINY
+#define CONV_GEMM_TINY (16 << 20)
 #endif
 
 /* Images per GEMM chunk; depends on the shape only, never on the thread count. */
 static int conv_chunk(const conv_shape *s)
 {
     const ptrdiff_t ohw = (ptrdiff_t)s->oh * s->ow;
-    if (conv_is_pointwise(s) && ohw >= CONV_POINTWISE_DIRECT)
+    const double macs = (double)s->n * s->oc * ohw * (s->c / s->groups) * s->kh * s->kw;
+    if ((conv_is_pointwise(s) && ohw >= CONV_POINTWISE_DIRECT) || macs < CONV_GEMM_TINY)
         return 1;
-    const ptrdiff_t per = (ptrdiff_t)s->c * s->kh * s->kw * ohw;
+    const ptrdiff_t per = ((ptrdiff_t)s->c * s->kh * s->kw + s->oc) * ohw;
     const ptrdiff_t nb = CONV_COL_CAP / per;
     return (int)DMCP_MAX(1, DMCP_MIN(nb, (ptrdiff_t)s->n));
 }
 
-static bool conv_is_tiled(const conv_shape *s);
-static ptrdiff_t conv_tiled_scratch(const conv_shape *s);
+static ptrdiff_t conv_tiled_scratch(const conv_shape *s, bool *tiled, bool *data);
+static ptrdiff_t dw_scratch(const conv_shape *s);
+static bool conv_is_dw_direct(const conv_shape *s);
 
-size_t conv2d_scratch_floats(const conv_shape *s)
+/* Scratch of the GEMM path. */
+static size_t conv_gemm_scratch(const conv_shape *s)
 {
-    if (conv_check(s) != DMCP_OK || conv_is_depthwise(s))
-        return 0;
-    if (conv_is_tiled(s))
-        return (size_t)conv_tiled_scratch(s);
     const size_t nb = (size_t)conv_chunk(s), ohw = (size_t)s->oh * s->ow;
     const size_t rows = (size_t)s->c * s->kh * s->kw;
     if (nb == 1)   /* one image's column matrix (none for pointwise) */
         return conv_is_pointwise(s) ? 0 : rows * ohw;
     /* the chunk's columns, then its (oc, nb*OH*OW) outputs / output gradients */
     return (rows + (size_t)s->oc) * nb * ohw;
+}
+
+size_t conv2d_scratch_floats(const conv_shape *s)
+{
+    if (conv_check(s) != DMCP_OK)
+        return 0;
+    if (conv_is_dw_direct(s))
+        return (size_t)dw_scratch(s);
+    bool tiled, data;
+    const ptrdiff_t t = conv_tiled_scratch(s, &tiled, &data);
+    if (!tiled)
+        return conv_gemm_scratch(s);
+    return data ? (size_t)t : DMCP_MAX((size_t)t, conv_gemm_scratch(s));
 }
 
 /* ---- im2col / col2im ---- */
@@ -274,8 +301,8 @@ static void scatter_chunk(float *x, const float *mat, ptrdiff_t ldm, const float
     }
 }
 
-/* x (nb, oc, OH*OW) += bias[o], in place. */
-static void add_bias(float *x, const float *bias, int nb, int oc, ptrdiff_t ohw)
+/* x (nb, oc, OH*OW) = bias[o]. */
+static void fill_bias(float *x, const float *bias, int nb, int oc, ptrdiff_t ohw)
 {
     const ptrdiff_t jobs = (ptrdiff_t)nb * oc;
     #pragma omp parallel for schedule(static) if (jobs * ohw > CONV_PAR_MIN)
@@ -283,7 +310,7 @@ static void add_bias(float *x, const float *bias, int nb, int oc, ptrdiff_t ohw)
         float *restrict dst = x + j * ohw;
         const float bv = bias[j % oc];
         for (ptrdiff_t i = 0; i < ohw; i++)
-            dst[i] += bv;
+            dst[i] = bv;
     }
 }
 
@@ -298,14 +325,19 @@ static void conv_gemm_forward(float *out, const float *inp, const float *weight,
     const ptrdiff_t rows = (ptrdiff_t)s->c * s->kh * s->kw;
     const bool pointwise = conv_is_pointwise(s);
     const int chunk = conv_chunk(s);
+    /* one image at a time writes in place, on top of the bias filled first */
+    const bool in_place = chunk == 1;
+    if (in_place && bias != NULL)
+        fill_bias(out, bias, s->n, s->oc, ohw);
+    const float beta = in_place && bias != NULL ? 1.0f : 0.0f;
 
     for (int n0 = 0; n0 < s->n; n0 += chunk) {
         const int nb = DMCP_MIN(chunk, s->n - n0);
         const ptrdiff_t ldc = nb * ohw;
         const float *img = inp + (ptrdiff_t)n0 * s->c * hw;
         float *out_n = out + (ptrdiff_t)n0 * s->oc * ohw;
-        /* one image writes its output in place; a chunk goes through res */
-        float *res = chunk == 1 ? out_n : scratch + rows * ldc;
+        /* a chunk goes through res, then is scattered with its bias */
+        float *res = in_place ? out_n : scratch + rows * ldc;
         const float *col = img;
         if (!(pointwise && chunk == 1)) {
             im2col(scratch, ldc, img, nb, s);
@@ -315,12 +347,10 @@ static void conv_gemm_forward(float *out, const float *inp, const float *weight,
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ocg, (int)ldc, k,
                         1.0f, weight + (ptrdiff_t)g * ocg * ldw, ldw,
                         col + (ptrdiff_t)g * k * ldc, (int)ldc,
-                        0.0f, res + (ptrdiff_t)g * ocg * ldc, (int)ldc);
+                        beta, res + (ptrdiff_t)g * ocg * ldc, (int)ldc);
         }
-        if (chunk != 1)
+        if (!in_place)
             scatter_chunk(out_n, res, ldc, bias, nb, s->oc, ohw);
-        else if (bias != NULL)
-            add_bias(out_n, bias, 1, s->oc, ohw);
     }
 }
 
@@ -336,9 +366,9 @@ static void conv_gemm_backward(float *dinp, float *dweight, const float *dout,
     const int ldw = s->w_cin_full * s->kh * s->kw, k = cg * s->kh * s->kw;
     const ptrdiff_t ohw = (ptrdiff_t)s->oh * s->ow, hw = (ptrdiff_t)s->h * s->w;
     const ptrdiff_t rows = (ptrdiff_t)s->c * s->kh * s->kw;
-    const bool pointwise = conv_is_pointwise(s);
-    const bool in_place = pointwise && conv_chunk(s) == 1;
     const int chunk = conv_chunk(s);
+    /* pointwise, one image at a time: the image is its column matrix */
+    const bool in_place = conv_is_pointwise(s) && chunk == 1;
 
     for (int n0 = 0; n0 < s->n; n0 += chunk) {
         const int nb = DMCP_MIN(chunk, s->n - n0);
@@ -374,23 +404,22 @@ static void conv_gemm_backward(float *dinp, float *dweight, const float *dout,
     }
 }
 
-/* ---- small convs: tiles in cache + register-blocked micro-kernel ----
+/* ---- small convs: implicit GEMM in cache, register-blocked micro-kernel ----
  *
  * For layers whose per-group weights fit in cache, one OpenMP region runs the
  * whole call without OpenBLAS.  The batch is cut into a fixed number of slots
- * (CONV_SLOTS, independent of the thread count); each slot walks its images'
- * output pixels in tiles and multiplies them with conv_kernel, whose operands
- * are rows found through offset tables.  Two ways to form the tiles:
- *   stride 1 ("padded"): the slot copies one image's group into zero-padded
- *     planes; output pixel f of a grid as wide as a padded row reads tap r at
- *     plane + f + off[r], so the column matrix is never built (implicit GEMM;
- *     the grid's columns past OW are computed and dropped).  Backward-data is
- *     the same kind of conv over zero-padded dout with flipped weights.
- *   otherwise ("im2col"): the tile's column matrix is built in cache, packed
- *     into CONV_NR-wide panels, and backward-data goes through col2im.
- *   forward        out (oc, px) = W (oc, K) @ col (K, px)
- *   backward-data  dinp = W'(c, oc*KH*KW) @ dout_padded  |  col2im(W^T @ dout)
- *   backward-weight dW^T_slot (K, oc) += col (K, px) @ dout^T (px, oc)
+ * (CONV_SLOTS, independent of the thread count).  A slot copies one image's
+ * group into zero-padded planes, split into stride phases (plane (py, px)
+ * holds padded rows py, py+sh, ... and columns px, px+sw, ...), so that the
+ * output pixel f of a grid as wide as a phase row reads tap r at
+ * plane + f + off[r]: the column matrix is never built (implicit GEMM; the
+ * grid's columns past OW are computed and dropped).  conv_kernel multiplies
+ * packed weights with those rows, tile by tile of whole output rows:
+ *   forward          out (oc, px) = W (oc, K) @ taps (K, px)
+ *   backward-weight  dW^T_slot (K, oc) += taps (K, px) @ dout^T (px, oc)
+ *   backward-data    dinp (c, px) = W' (c, oc*KH*KW) @ taps of zero-padded dout,
+ *                    W' the flipped kernel (stride 1 only, and c/G >= CONV_MR;
+ *                    otherwise backward-data takes the GEMM path)
  * Weight gradients are summed per slot, then over the slots in a fixed order,
  * so no result depends on the thread count. */
 
@@ -398,7 +427,7 @@ static void conv_gemm_backward(float *dinp, float *dweight, const float *dout,
 #define CONV_NR 16             /* micro-tile columns (two 8-float vectors) */
 #define CONV_SLOTS 8           /* batch slices; also the weight-gradient partial sums */
 #ifndef CONV_TILE_FLOATS
-#define CONV_TILE_FLOATS (1 << 16)  /* target column-tile size (256 KB) */
+#define CONV_TILE_FLOATS (1 << 17)  /* target tile size, K x pixels (512 KB) */
 #endif
 #ifndef CONV_TILE_PX
 #define CONV_TILE_PX 512       /* target output pixels per tile */
@@ -410,12 +439,13 @@ static void conv_gemm_backward(float *dinp, float *dweight, const float *dout,
 
 static ptrdiff_t round_up(ptrdiff_t x, ptrdiff_t m) { return (x + m - 1) / m * m; }
 
-/* Zero-padded planes and the output grid that reads them (padded mode). */
+/* Zero-padded, phase-split planes and the output grid that reads them. */
 typedef struct {
-    int hp, wp;                /* padded plane */
-    ptrdiff_t pl;              /* plane stride: hp*wp plus zero slack */
-    int top, left;             /* where the source sits in the plane */
-    int orows, ocols;          /* output grid rows; valid columns of its wp */
+    int sh, sw;                /* stride: sh*sw phase planes per channel */
+    int hq, wq;                /* phase plane */
+    ptrdiff_t pl;              /* phase plane stride: hq*wq plus zero slack */
+    int top, left;             /* where the source sits in the padded plane */
+    int orows, ocols;          /* output grid rows; valid columns of its wq */
     int trows, ntp;            /* output rows per tile; tile columns, a multiple of NR */
 } pad_grid;
 
@@ -425,110 +455,95 @@ typedef struct {
     int k, kpad;               /* (c/G)*KH*KW, rounded up to CONV_MR */
     int ocg, ocpad, ocpad16;   /* oc/G, rounded up to CONV_MR and to CONV_NR */
     int cg, cgpad, kb;         /* c/G, rounded up to CONV_MR; (oc/G)*KH*KW */
-    bool padded;               /* padded mode, else im2col mode */
-    pad_grid fg, bg;           /* padded: forward/weight grid over inp, backward-data over dout */
-    int ntp;                   /* im2col mode: pixels per tile */
+    bool data;                 /* backward-data runs here too */
+    pad_grid fg, bg;           /* forward/weight grid over inp; backward-data grid over dout */
     ptrdiff_t wpack;           /* floats of packed weights, all groups */
-    ptrdiff_t src, col, pan, res, dwt;   /* floats of each per-slot buffer */
+    ptrdiff_t src, pan, res, dwt;    /* floats of each per-slot buffer */
+    ptrdiff_t srcf;            /* src: padded input first, then (data) padded dout */
 } conv_tiling;
 
-/* Grid of `orows` x wp outputs over planes hp x wp; tiles of whole rows. */
-static bool pad_grid_init(pad_grid *g, int hp, int wp, int top, int left, int orows, int ocols,
-                          int kw, int dw, int kpad)
+/* Grid of `orows` outputs over planes hp x wp (before the phase split) with
+ * the given stride; tiles of whole rows, about CONV_TILE_PX pixels or
+ * CONV_TILE_FLOATS/kpad.  False when a tile would outgrow the offset tables. */
+static bool pad_grid_init(pad_grid *g, int hp, int wp, int sh, int sw, int top, int left,
+                          int orows, int ocols, int reach, int kpad)
 {
-    g->hp = hp;
-    g->wp = wp;
+    g->sh = sh;
+    g->sw = sw;
+    g->hq = (hp + sh - 1) / sh;
+    g->wq = (wp + sw - 1) / sw;
     g->top = top;
     g->left = left;
     g->orows = orows;
     g->ocols = ocols;
-    g->pl = (ptrdiff_t)hp * wp + (ptrdiff_t)(kw - 1) * dw + CONV_NR;
+    g->pl = (ptrdiff_t)g->hq * g->wq + reach + CONV_NR;
     const ptrdiff_t nt = DMCP_MIN((ptrdiff_t)CONV_TILE_PX, CONV_TILE_FLOATS / kpad);
-    int rows = (int)DMCP_MAX(1, DMCP_MIN(nt / wp, (ptrdiff_t)orows));
+    const int rows = (int)DMCP_MAX(1, DMCP_MIN(nt / g->wq, (ptrdiff_t)orows));
     const int tiles = (orows + rows - 1) / rows;
     g->trows = (orows + tiles - 1) / tiles;
-    g->ntp = (int)round_up((ptrdiff_t)g->trows * wp, CONV_NR);
+    g->ntp = (int)round_up((ptrdiff_t)g->trows * g->wq, CONV_NR);
     return g->ntp <= CONV_TILED_MAX_K;
 }
 
-static conv_tiling conv_tiling_of(const conv_shape *s)
+/* The tiling, or false when the tiled path does not take this shape. */
+static bool conv_tiling_of(const conv_shape *s, conv_tiling *t)
 {
-    conv_tiling t;
-    const ptrdiff_t ohw = (ptrdiff_t)s->oh * s->ow;
     const int khw = s->kh * s->kw;
-    t.slots = DMCP_MIN(s->n, CONV_SLOTS);
-    t.cg = s->c / s->groups;
-    t.cgpad = (int)round_up(t.cg, CONV_MR);
-    t.k = t.cg * khw;
-    t.kpad = (int)round_up(t.k, CONV_MR);
-    t.ocg = s->oc / s->groups;
-    t.ocpad = (int)round_up(t.ocg, CONV_MR);
-    t.ocpad16 = (int)round_up(t.ocg, CONV_NR);
-    t.kb = t.ocg * khw;
-
-    /* padded mode: stride 1, the dout placement of backward-data inside its
-     * plane (ph <= (KH-1)*dh, same for w), tables and offsets in range */
-    t.padded = s->sh == 1 && s->sw == 1 && s->ph <= (s->kh - 1) * s->dh &&
-               s->pw <= (s->kw - 1) * s->dw && t.kb <= CONV_TILED_MAX_K;
-    if (t.padded) {
-        t.padded = pad_grid_init(&t.fg, s->h + 2 * s->ph, s->w + 2 * s->pw, s->ph, s->pw,
-                                 s->oh, s->ow, s->kw, s->dw, t.kpad) &&
-                   pad_grid_init(&t.bg, s->h + (s->kh - 1) * s->dh, s->w + (s->kw - 1) * s->dw,
-                                 (s->kh - 1) * s->dh - s->ph, (s->kw - 1) * s->dw - s->pw,
-                                 s->h, s->w, s->kw, s->dw, (int)round_up(t.kb, CONV_MR)) &&
-                   (ptrdiff_t)t.cg * t.fg.pl < INT_MAX && (ptrdiff_t)t.ocg * t.bg.pl < INT_MAX;
-    }
-    if (t.padded) {
-        t.ntp = 0;
-        t.src = round_up(DMCP_MAX((ptrdiff_t)t.cg * t.fg.pl, (ptrdiff_t)t.ocg * t.bg.pl), CONV_NR);
-        t.col = 0;
-        t.pan = (ptrdiff_t)t.ocpad16 * t.fg.ntp;
-        t.res = DMCP_MAX((ptrdiff_t)t.ocpad * t.fg.ntp, (ptrdiff_t)t.cgpad * t.bg.ntp);
-    } else {
-        /* pixels of a slot: the largest slot holds ceil(n/slots) images */
-        const ptrdiff_t q = (ptrdiff_t)((s->n + t.slots - 1) / t.slots) * ohw;
-        ptrdiff_t nt = DMCP_MIN((ptrdiff_t)CONV_TILE_PX, CONV_TILE_FLOATS / t.kpad);
-        nt = DMCP_MAX(CONV_NR, nt / CONV_NR * CONV_NR);
-        if (nt >= q) {
-            nt = round_up(q, CONV_NR);
-        } else {               /* even tiles, so the last one is not a sliver */
-            const ptrdiff_t tiles = (q + nt - 1) / nt;
-            nt = round_up((q + tiles - 1) / tiles, CONV_NR);
-        }
-        t.ntp = (int)nt;
-        t.src = 0;
-        t.col = (ptrdiff_t)DMCP_MAX(t.kpad, t.ocg) * t.ntp;
-        t.pan = (ptrdiff_t)DMCP_MAX(t.kpad, t.ocpad16) * t.ntp;
-        t.res = (ptrdiff_t)DMCP_MAX(t.ocpad, t.kpad) * t.ntp;
-    }
-    t.wpack = (ptrdiff_t)s->groups * DMCP_MAX(DMCP_MAX((ptrdiff_t)t.ocpad * t.k,
-                                                       (ptrdiff_t)t.kpad * t.ocg),
-                                              (ptrdiff_t)t.cgpad * t.kb);
-    t.wpack = round_up(t.wpack, CONV_NR);
-    t.res = round_up(t.res, CONV_NR);
-    t.dwt = (ptrdiff_t)s->groups * t.kpad * t.ocpad16;
-    return t;
-}
-
-static bool conv_is_tiled(const conv_shape *s)
-{
-    const ptrdiff_t k = (ptrdiff_t)(s->c / s->groups) * s->kh * s->kw;
-    if (s->n < 2 || k > CONV_TILED_MAX_K || s->oc / s->groups > CONV_TILED_MAX_K ||
-        (ptrdiff_t)(s->oc / s->groups) * k > CONV_TILED_MAX_W)
+    t->slots = DMCP_MIN(s->n, CONV_SLOTS);
+    t->cg = s->c / s->groups;
+    t->cgpad = (int)round_up(t->cg, CONV_MR);
+    t->k = t->cg * khw;
+    t->kpad = (int)round_up(t->k, CONV_MR);
+    t->ocg = s->oc / s->groups;
+    t->ocpad = (int)round_up(t->ocg, CONV_MR);
+    t->ocpad16 = (int)round_up(t->ocg, CONV_NR);
+    t->kb = t->ocg * khw;
+    /* 1x1 kernels reduce too little per pixel: plain GEMMs do better */
+    if (s->n < 2 || khw == 1 || t->k > CONV_TILED_MAX_K || t->ocg > CONV_TILED_MAX_K ||
+        (ptrdiff_t)t->ocg * t->k > CONV_TILED_MAX_W)
         return false;
-    const conv_tiling t = conv_tiling_of(s);
-    return t.padded || t.ntp <= CONV_TILED_MAX_K;
+    if (!pad_grid_init(&t->fg, s->h + 2 * s->ph, s->w + 2 * s->pw, s->sh, s->sw, s->ph, s->pw,
+                       s->oh, s->ow, (s->kw - 1) * s->dw / s->sw, t->kpad) ||
+        (ptrdiff_t)t->cg * s->sh * s->sw * t->fg.pl > INT_MAX)
+        return false;
+    /* backward-data: stride 1, dout inside its padded plane (ph <= (KH-1)*dh,
+     * likewise for w), and enough input channels to fill micro-tile rows */
+    t->data = s->sh == 1 && s->sw == 1 && s->ph <= (s->kh - 1) * s->dh &&
+              s->pw <= (s->kw - 1) * s->dw && t->cg >= CONV_MR && t->kb <= CONV_TILED_MAX_K &&
+              pad_grid_init(&t->bg, s->h + (s->kh - 1) * s->dh, s->w + (s->kw - 1) * s->dw, 1, 1,
+                            (s->kh - 1) * s->dh - s->ph, (s->kw - 1) * s->dw - s->pw,
+                            s->h, s->w, (s->kw - 1) * s->dw, (int)round_up(t->kb, CONV_MR)) &&
+              (ptrdiff_t)t->ocg * t->bg.pl <= INT_MAX;
+    t->srcf = round_up((ptrdiff_t)t->cg * s->sh * s->sw * t->fg.pl, CONV_NR);
+    t->src = t->srcf;
+    t->res = (ptrdiff_t)t->ocpad * t->fg.ntp;
+    t->wpack = (ptrdiff_t)t->ocpad * t->k;
+    if (t->data) {
+        t->src += (ptrdiff_t)t->ocg * t->bg.pl;
+        t->res = DMCP_MAX(t->res, (ptrdiff_t)t->cgpad * t->bg.ntp);
+        t->wpack = DMCP_MAX(t->wpack, (ptrdiff_t)t->cgpad * t->kb);
+    }
+    t->src = round_up(t->src, CONV_NR);
+    t->res = round_up(t->res, CONV_NR);
+    t->wpack = round_up((ptrdiff_t)s->groups * t->wpack, CONV_NR);
+    t->pan = (ptrdiff_t)t->ocpad16 * t->fg.ntp;
+    t->dwt = (ptrdiff_t)s->groups * t->kpad * t->ocpad16;
+    return true;
 }
 
 static ptrdiff_t conv_slot_floats(const conv_tiling *t)
 {
-    return t->src + t->col + t->pan + t->res + t->dwt;
+    return t->src + t->pan + t->res + t->dwt;
 }
 
-static ptrdiff_t conv_tiled_scratch(const conv_shape *s)
+/* Scratch floats of the tiled path; *tiled: whether it takes the shape,
+ * *data: whether its backward-data does too. */
+static ptrdiff_t conv_tiled_scratch(const conv_shape *s, bool *tiled, bool *data)
 {
-    const conv_tiling t = conv_tiling_of(s);
-    return t.wpack + t.slots * conv_slot_floats(&t);
+    conv_tiling t;
+    *tiled = conv_tiling_of(s, &t);
+    *data = *tiled && t.data;
+    return *tiled ? t.wpack + t.slots * conv_slot_floats(&t) : 0;
 }
 
 /* GCC fuses a*b + c into FMA only with -ffp-contract=fast, which -std=c11
@@ -587,70 +602,102 @@ static void linear_offsets(int *off, int n, int step)
 /* res (mpad, ntp) = A (mpad, k) packed rows @ B (k rows at src + boff[p]),
  * columns [0, round_up(nt, NR)). */
 static void tile_gemm(float *res, int ntp, int nt, const float *wp, int mpad, int k,
-                      const float *src, const int *boff, const int *aoff)
+                      const float *src, const int *boff)
 {
+    int aoff[CONV_MR];
+    linear_offsets(aoff, CONV_MR, k);
     for (int jp = 0; jp < nt; jp += CONV_NR)
         for (int i0 = 0; i0 < mpad; i0 += CONV_MR)
             conv_kernel(k, wp + (ptrdiff_t)i0 * k, aoff, src + jp, boff,
                         res + (ptrdiff_t)i0 * ntp + jp, ntp, false);
 }
 
-/* ---- padded mode ---- */
-
-/* planes (np, grid) <- src planes (np, h, w) placed at (top, left), zeros elsewhere. */
-static void pad_planes(float *dst, const float *src, int np, int h, int w, const pad_grid *g)
+/* Whether some tap k < KW (or KH) lands on this phase of the stride. */
+static bool phase_used(int phase, int k, int dil, int stride)
 {
-    for (int i = 0; i < np; i++) {
-        float *pd = dst + (ptrdiff_t)i * g->pl;
-        const float *ps = src + (ptrdiff_t)i * h * w;
-        memset(pd, 0, (size_t)g->top * g->wp * sizeof *pd);
-        for (int y = 0; y < h; y++) {
-            float *row = pd + (ptrdiff_t)(g->top + y) * g->wp;
-            memset(row, 0, (size_t)g->left * sizeof *row);
-            memcpy(row + g->left, ps + (ptrdiff_t)y * w, (size_t)w * sizeof *row);
-            memset(row + g->left + w, 0, (size_t)(g->wp - g->left - w) * sizeof *row);
+    for (int i = 0; i < k; i++)
+        if (i * dil % stride == phase)
+            return true;
+    return false;
+}
+
+/* Phase planes (np*sh*sw, grid) <- source planes (np, h, w) placed at (top,
+ * left) of the zero-padded plane: phase (py, px) element (i, j) is padded
+ * element (i*sh + py, j*sw + px).  Only the source cells are written unless
+ * `zero`: a buffer refilled with the same grid keeps its zeros. */
+static void pad_planes(float *dst, const float *src, int np, int h, int w, const pad_grid *g,
+                       const conv_shape *s, bool zero)
+{
+    const int sh = g->sh, sw = g->sw;
+    if (zero)
+        memset(dst, 0, (size_t)np * sh * sw * g->pl * sizeof *dst);
+    for (int ci = 0; ci < np; ci++)
+    for (int py = 0; py < sh; py++)
+    for (int px = 0; px < sw; px++) {
+        if (!phase_used(py, s->kh, s->dh, sh) || !phase_used(px, s->kw, s->dw, sw))
+            continue;       /* no tap reads this phase */
+        float *pd = dst + ((ptrdiff_t)(ci * sh + py) * sw + px) * g->pl;
+        const float *ps = src + (ptrdiff_t)ci * h * w;
+        /* rows i and columns j with 0 <= i*sh + py - top < h, likewise for j */
+        const int i0 = DMCP_MIN(g->hq, (DMCP_MAX(g->top - py, 0) + sh - 1) / sh);
+        const int i1 = DMCP_MAX(i0, DMCP_MIN(g->hq, (h + g->top - py + sh - 1) / sh));
+        const int j0 = DMCP_MIN(g->wq, (DMCP_MAX(g->left - px, 0) + sw - 1) / sw);
+        const int j1 = DMCP_MAX(j0, DMCP_MIN(g->wq, (w + g->left - px + sw - 1) / sw));
+        for (int i = i0; i < i1; i++) {
+            float *restrict row = pd + (ptrdiff_t)i * g->wq;
+            const float *restrict srow = ps + (ptrdiff_t)(i * sh + py - g->top) * w + px - g->left;
+            if (sw == 1) {
+                for (int j = j0; j < j1; j++)
+                    row[j] = srow[j];
+            } else if (sw == 2) {       /* a constant stride vectorises */
+                for (int j = j0; j < j1; j++)
+                    row[j] = srow[2 * j];
+            } else {
+                for (int j = j0; j < j1; j++)
+                    row[j] = srow[j * sw];
+            }
         }
-        const ptrdiff_t used = (ptrdiff_t)(g->top + h) * g->wp;
-        memset(pd + used, 0, (size_t)(g->pl - used) * sizeof *pd);
     }
 }
 
-/* off[r] for r = (ci*KH + ky)*KW + kx < np*KH*KW: ci*pl + ky*dh*wp + kx*dw;
+/* off[r] for r = (ci*KH + ky)*KW + kx < np*KH*KW: where tap (ky, kx) of
+ * channel ci reads, relative to the output pixel, in the phase planes;
  * entries up to round_up(n, MR) are 0. */
 static void tap_offsets(int *off, int np, const pad_grid *g, const conv_shape *s)
 {
     const int khw = s->kh * s->kw, n = np * khw;
     for (int r = 0; r < n; r++) {
-        const int ci = r / khw, ky = (r % khw) / s->kw, kx = r % s->kw;
-        off[r] = (int)(ci * g->pl) + ky * s->dh * g->wp + kx * s->dw;
+        const int ci = r / khw, ty = (r % khw) / s->kw * s->dh, tx = r % s->kw * s->dw;
+        const int plane = (ci * g->sh + ty % g->sh) * g->sw + tx % g->sw;
+        off[r] = (int)(plane * g->pl) + ty / g->sh * g->wq + tx / g->sw;
     }
     for (int r = n; r < round_up(n, CONV_MR); r++)
         off[r] = 0;
 }
 
-static void padded_forward_slot(float *o, const float *img, int nb, const float *wpack,
-                                const float *bias, const conv_shape *s, const conv_tiling *t,
-                                float *src, float *res)
+static void tiled_forward_slot(float *o, const float *img, int nb, const float *wpack,
+                               const float *bias, const conv_shape *s, const conv_tiling *t,
+                               float *src, float *res)
 {
     const pad_grid *g = &t->fg;
     const ptrdiff_t hw = (ptrdiff_t)s->h * s->w, ohw = (ptrdiff_t)s->oh * s->ow;
-    int boff[CONV_TILED_MAX_K + CONV_MR], aoff[CONV_MR];
+    int boff[CONV_TILED_MAX_K + CONV_MR];
     tap_offsets(boff, t->cg, g, s);
-    linear_offsets(aoff, CONV_MR, t->k);
     for (int b = 0; b < nb; b++) {
         for (int gi = 0; gi < s->groups; gi++) {
-            pad_planes(src, img + ((ptrdiff_t)b * s->c + gi * t->cg) * hw, t->cg, s->h, s->w, g);
+            pad_planes(src, img + ((ptrdiff_t)b * s->c + gi * t->cg) * hw, t->cg, s->h, s->w, g, s,
+                       b == 0 && gi == 0);
             for (int oy0 = 0; oy0 < g->orows; oy0 += g->trows) {
                 const int rows = DMCP_MIN(g->trows, g->orows - oy0);
-                tile_gemm(res, g->ntp, rows * g->wp, wpack + (ptrdiff_t)gi * t->ocpad * t->k,
-                          t->ocpad, t->k, src + (ptrdiff_t)oy0 * g->wp, boff, aoff);
+                tile_gemm(res, g->ntp, rows * g->wq, wpack + (ptrdiff_t)gi * t->ocpad * t->k,
+                          t->ocpad, t->k, src + (ptrdiff_t)oy0 * g->wq, boff);
                 for (int oo = 0; oo < t->ocg; oo++) {
                     const int oc_i = gi * t->ocg + oo;
                     const float bv = bias != NULL ? bias[oc_i] : 0.0f;
                     for (int y = 0; y < rows; y++) {
                         float *restrict dst = o + ((ptrdiff_t)b * s->oc + oc_i) * ohw
                                             + (ptrdiff_t)(oy0 + y) * s->ow;
-                        const float *restrict sr = res + (ptrdiff_t)oo * g->ntp + (ptrdiff_t)y * g->wp;
+                        const float *restrict sr = res + (ptrdiff_t)oo * g->ntp + (ptrdiff_t)y * g->wq;
                         for (int x = 0; x < s->ow; x++)
                             dst[x] = sr[x] + bv;
                     }
@@ -660,59 +707,62 @@ static void padded_forward_slot(float *o, const float *img, int nb, const float 
     }
 }
 
-static void padded_backward_slot(float *dimg, float *dwt, const float *dy, const float *img,
-                                 int nb, const float *wtpack, const conv_shape *s,
-                                 const conv_tiling *t, float *src, float *pan, float *res)
+static void tiled_backward_slot(float *dimg, float *dwt, const float *dy, const float *img,
+                                int nb, const float *wtpack, const conv_shape *s,
+                                const conv_tiling *t, float *src, float *pan, float *res)
 {
     const ptrdiff_t hw = (ptrdiff_t)s->h * s->w, ohw = (ptrdiff_t)s->oh * s->ow;
-    int off[CONV_TILED_MAX_K + CONV_MR], lin[CONV_TILED_MAX_K];
+    float *srcb = src + t->srcf;     /* padded dout, after the padded input */
+    int offw[CONV_TILED_MAX_K + CONV_MR], offd[CONV_TILED_MAX_K + CONV_MR], lin[CONV_TILED_MAX_K];
+    if (dwt != NULL) {
+        tap_offsets(offw, t->cg, &t->fg, s);
+        linear_offsets(lin, t->fg.ntp, CONV_NR);
+    }
+    if (dimg != NULL)
+        tap_offsets(offd, t->ocg, &t->bg, s);
     for (int b = 0; b < nb; b++) {
         for (int gi = 0; gi < s->groups; gi++) {
             const float *dyg = dy + ((ptrdiff_t)b * s->oc + gi * t->ocg) * ohw;
             if (dwt != NULL) {
-                /* dW^T (kpad, ocpad16) += taps of the padded input (A rows at
-                 * off) @ dout^T tile as panels (ocpad16/NR, ntp, NR) */
+                /* dW^T (kpad, ocpad16) += taps (A rows at off) @ dout^T tile,
+                 * packed as panels (ocpad16/NR, ntp, NR), zero off the image */
                 const pad_grid *g = &t->fg;
-                tap_offsets(off, t->cg, g, s);
-                linear_offsets(lin, g->ntp, CONV_NR);
-                pad_planes(src, img + ((ptrdiff_t)b * s->c + gi * t->cg) * hw, t->cg, s->h, s->w, g);
+                pad_planes(src, img + ((ptrdiff_t)b * s->c + gi * t->cg) * hw, t->cg, s->h, s->w, g, s,
+                           b == 0 && gi == 0);
                 float *dwg = dwt + (ptrdiff_t)gi * t->kpad * t->ocpad16;
                 for (int oy0 = 0; oy0 < g->orows; oy0 += g->trows) {
                     const int rows = DMCP_MIN(g->trows, g->orows - oy0);
-                    const int ntx = (int)round_up((ptrdiff_t)rows * g->wp, CONV_NR);
+                    const int ntx = (int)round_up((ptrdiff_t)rows * g->wq, CONV_NR);
                     memset(pan, 0, (size_t)t->ocpad16 * g->ntp * sizeof *pan);
                     for (int oo = 0; oo < t->ocg; oo++) {
                         float *dst = pan + (ptrdiff_t)(oo / CONV_NR) * g->ntp * CONV_NR + oo % CONV_NR;
                         for (int y = 0; y < rows; y++) {
                             const float *sr = dyg + (ptrdiff_t)oo * ohw + (ptrdiff_t)(oy0 + y) * s->ow;
-                            float *d = dst + (ptrdiff_t)y * g->wp * CONV_NR;
+                            float *d = dst + (ptrdiff_t)y * g->wq * CONV_NR;
                             for (int x = 0; x < s->ow; x++)
                                 d[(ptrdiff_t)x * CONV_NR] = sr[x];
                         }
                     }
-                    const float *a = src + (ptrdiff_t)oy0 * g->wp;
+                    const float *a = src + (ptrdiff_t)oy0 * g->wq;
                     for (int i0 = 0; i0 < t->kpad; i0 += CONV_MR)
                         for (int op = 0; op < t->ocpad16; op += CONV_NR)
-                            conv_kernel(ntx, a, off + i0, pan + (ptrdiff_t)op * g->ntp, lin,
+                            conv_kernel(ntx, a, offw + i0, pan + (ptrdiff_t)op * g->ntp, lin,
                                         dwg + (ptrdiff_t)i0 * t->ocpad16 + op, t->ocpad16, true);
                 }
             }
             if (dimg != NULL) {
                 /* dinp (cg, H, W) += W' (cgpad, ocg*KH*KW) @ taps of padded dout */
                 const pad_grid *g = &t->bg;
-                int aoff[CONV_MR];
-                tap_offsets(off, t->ocg, g, s);
-                linear_offsets(aoff, CONV_MR, t->kb);
-                pad_planes(src, dyg, t->ocg, s->oh, s->ow, g);
+                pad_planes(srcb, dyg, t->ocg, s->oh, s->ow, g, s, b == 0 && gi == 0);
                 for (int iy0 = 0; iy0 < g->orows; iy0 += g->trows) {
                     const int rows = DMCP_MIN(g->trows, g->orows - iy0);
-                    tile_gemm(res, g->ntp, rows * g->wp, wtpack + (ptrdiff_t)gi * t->cgpad * t->kb,
-                              t->cgpad, t->kb, src + (ptrdiff_t)iy0 * g->wp, off, aoff);
+                    tile_gemm(res, g->ntp, rows * g->wq, wtpack + (ptrdiff_t)gi * t->cgpad * t->kb,
+                              t->cgpad, t->kb, srcb + (ptrdiff_t)iy0 * g->wq, offd);
                     for (int ci = 0; ci < t->cg; ci++) {
                         for (int y = 0; y < rows; y++) {
                             float *restrict dst = dimg + ((ptrdiff_t)b * s->c + gi * t->cg + ci) * hw
                                                 + (ptrdiff_t)(iy0 + y) * s->w;
-                            const float *restrict sr = res + (ptrdiff_t)ci * g->ntp + (ptrdiff_t)y * g->wp;
+                            const float *restrict sr = res + (ptrdiff_t)ci * g->ntp + (ptrdiff_t)y * g->wq;
                             for (int x = 0; x < s->w; x++)
                                 dst[x] += sr[x];
                         }
@@ -723,499 +773,418 @@ static void padded_backward_slot(float *dimg, float *dwt, const float *dy, const
     }
 }
 
-/* ---- im2col mode ---- */
-
-/* A run of output pixels of one output row of one image, inside a tile that
- * starts at flat pixel q0 (flat over the slot's images): tile columns
- * [j, j+len) are pixels (b, oy, ox .. ox+len-1). */
-typedef struct { int b, oy, ox, len, j, nt; } px_run;
-
-static px_run run_first(ptrdiff_t q0, int nt, const conv_shape *s)
-{
-    const ptrdiff_t ohw = (ptrdiff_t)s->oh * s->ow;
-    const int p = (int)(q0 % ohw);
-    px_run u = {(int)(q0 / ohw), p / s->ow, p % s->ow, 0, 0, nt};
-    u.len = DMCP_MIN(s->ow - u.ox, nt);
-    return u;
-}
-
-static void run_next(px_run *u, const conv_shape *s)
-{
-    u->j += u->len;
-    u->ox += u->len;
-    if (u->ox == s->ow) {
-        u->ox = 0;
-        if (++u->oy == s->oh) {
-            u->oy = 0;
-            u->b++;
-        }
-    }
-    u->len = DMCP_MIN(s->ow - u->ox, u->nt - u->j);
-}
-
-#define FOR_RUNS(u, q0, nt, s) for (px_run u = run_first(q0, nt, s); u.j < (nt); run_next(&u, s))
-
-/* col (k, ldc) <- column tile of one group: row r = (ci*KH + ky)*KW + kx for
- * channels c0 + ci, columns j < nt the tile's pixels, [nt, ntp) zero.
- * img holds the slot's images (nb, C, H, W). */
-static void im2col_tile(float *col, ptrdiff_t ldc, const float *img, int c0,
-                        ptrdiff_t q0, int nt, int ntp, int k, const conv_shape *s)
-{
-    const int khw = s->kh * s->kw;
-    const ptrdiff_t hw = (ptrdiff_t)s->h * s->w;
-    for (int r = 0; r < k; r++) {
-        const int ci = c0 + r / khw, ky = (r % khw) / s->kw, kx = r % s->kw;
-        const int xoff = kx * s->dw - s->pw;
-        int xlo, xhi;
-        tap_range(xoff, s->sw, s->w, s->ow, &xlo, &xhi);
-        float *crow = col + (ptrdiff_t)r * ldc;
-        FOR_RUNS(u, q0, nt, s) {
-            float *restrict dst = crow + u.j;
-            const int iy = u.oy * s->sh - s->ph + ky * s->dh;
-            const int a = DMCP_MIN(DMCP_MAX(xlo - u.ox, 0), u.len);
-            const int e = (iy < 0 || iy >= s->h) ? a : DMCP_MIN(DMCP_MAX(xhi - u.ox, a), u.len);
-            const float *restrict row = img + ((ptrdiff_t)u.b * s->c + ci) * hw + (ptrdiff_t)iy * s->w;
-            for (int i = 0; i < a; i++)
-                dst[i] = 0.0f;
-            if (s->sw == 1) {
-                const float *restrict sp = row + u.ox + xoff;
-                for (int i = a; i < e; i++)
-                    dst[i] = sp[i];
-            } else {
-                for (int i = a; i < e; i++)
-                    dst[i] = row[(u.ox + i) * s->sw + xoff];
-            }
-            for (int i = e; i < u.len; i++)
-                dst[i] = 0.0f;
-        }
-        for (int j = nt; j < ntp; j++)
-            crow[j] = 0.0f;
-    }
-}
-
-/* dimg (slot's images, channels from c0) += col2im(dcol (k, ldd)). */
-static void col2im_tile_add(float *dimg, int c0, const float *dcol, ptrdiff_t ldd,
-                            ptrdiff_t q0, int nt, int k, const conv_shape *s)
-{
-    const int khw = s->kh * s->kw;
-    const ptrdiff_t hw = (ptrdiff_t)s->h * s->w;
-    for (int r = 0; r < k; r++) {
-        const int ci = c0 + r / khw, ky = (r % khw) / s->kw, kx = r % s->kw;
-        const int xoff = kx * s->dw - s->pw;
-        int xlo, xhi;
-        tap_range(xoff, s->sw, s->w, s->ow, &xlo, &xhi);
-        FOR_RUNS(u, q0, nt, s) {
-            const int iy = u.oy * s->sh - s->ph + ky * s->dh;
-            if (iy < 0 || iy >= s->h)
-                continue;
-            const int a = DMCP_MIN(DMCP_MAX(xlo - u.ox, 0), u.len);
-            const int e = DMCP_MIN(DMCP_MAX(xhi - u.ox, a), u.len);
-            const float *restrict sp = dcol + (ptrdiff_t)r * ldd + u.j;
-            float *restrict row = dimg + ((ptrdiff_t)u.b * s->c + ci) * hw + (ptrdiff_t)iy * s->w;
-            if (s->sw == 1) {
-                float *restrict dst = row + u.ox + xoff;
-                for (int i = a; i < e; i++)
-                    dst[i] += sp[i];
-            } else {
-                for (int i = a; i < e; i++)
-                    row[(u.ox + i) * s->sw + xoff] += sp[i];
-            }
-        }
-    }
-}
-
-/* pan (ntp/NR panels of (rows, NR)) <- mat (rows, ldm), ntp columns. */
-static void pack_panels(float *restrict pan, const float *restrict mat, ptrdiff_t ldm,
-                        int rows, int ntp)
-{
-    for (int jp = 0; jp < ntp; jp += CONV_NR)
-        for (int r = 0; r < rows; r++)
-            memcpy(pan + (ptrdiff_t)jp * rows + (ptrdiff_t)r * CONV_NR, mat + r * ldm + jp,
-                   CONV_NR * sizeof *pan);
-}
-
-/* Forward over one slot: images img (nb, c, H, W) -> o (nb, oc, OH, OW). */
-static void tiled_forward_slot(float *o, const float *img, int nb, const float *wpack,
-                               const float *bias, const conv_shape *s, const conv_tiling *t,
-                               float *col, float *pan, float *res)
-{
-    const ptrdiff_t ohw = (ptrdiff_t)s->oh * s->ow, q = nb * ohw;
-    const int k = t->k, ntp = t->ntp;
-    int boff[CONV_TILED_MAX_K], aoff[CONV_MR];
-    linear_offsets(boff, k, CONV_NR);
-    linear_offsets(aoff, CONV_MR, k);
-    for (ptrdiff_t q0 = 0; q0 < q; q0 += ntp) {
-        const int nt = (int)DMCP_MIN((ptrdiff_t)ntp, q - q0);
-        for (int g = 0; g < s->groups; g++) {
-            im2col_tile(col, ntp, img, g * t->cg, q0, nt, ntp, k, s);
-            pack_panels(pan, col, ntp, k, ntp);
-            /* panel jp starts at pan + jp*k: B rows there are NR apart */
-            for (int jp = 0; jp < ntp; jp += CONV_NR)
-                for (int i0 = 0; i0 < t->ocpad; i0 += CONV_MR)
-                    conv_kernel(k, wpack + ((ptrdiff_t)g * t->ocpad + i0) * k, aoff,
-                                pan + (ptrdiff_t)jp * k, boff,
-                                res + (ptrdiff_t)i0 * ntp + jp, ntp, false);
-            for (int oo = 0; oo < t->ocg; oo++) {
-                const int oc_i = g * t->ocg + oo;
-                const float bv = bias != NULL ? bias[oc_i] : 0.0f;
-                const float *sr = res + (ptrdiff_t)oo * ntp;
-                FOR_RUNS(u, q0, nt, s) {
-                    float *restrict dst = o + ((ptrdiff_t)u.b * s->oc + oc_i) * ohw
-                                        + (ptrdiff_t)u.oy * s->ow + u.ox;
-                    for (int i = 0; i < u.len; i++)
-                        dst[i] = sr[u.j + i] + bv;
-                }
-            }
-        }
-    }
-}
-
-/* Backward over one slot: dout dy (nb, oc, OH, OW); dimg (nb, c, H, W) += when
- * not NULL; dwt (G, kpad, ocpad16) += dW^T when not NULL. */
-static void tiled_backward_slot(float *dimg, float *dwt, const float *dy, const float *img,
-                                int nb, const float *wtpack, const conv_shape *s,
-                                const conv_tiling *t, float *col, float *pan, float *res)
-{
-    const ptrdiff_t ohw = (ptrdiff_t)s->oh * s->ow, q = nb * ohw;
-    const int k = t->k, ocg = t->ocg, ntp = t->ntp;
-    int lin[CONV_TILED_MAX_K], aoff[CONV_MR], aoff_w[CONV_MR];
-    linear_offsets(lin, DMCP_MAX(ntp, ocg), CONV_NR);
-    linear_offsets(aoff, CONV_MR, ntp);
-    linear_offsets(aoff_w, CONV_MR, ocg);
-    for (ptrdiff_t q0 = 0; q0 < q; q0 += ntp) {
-        const int nt = (int)DMCP_MIN((ptrdiff_t)ntp, q - q0);
-        for (int g = 0; g < s->groups; g++) {
-            if (dwt != NULL) {
-                /* col tile (kpad, ntp), rows past k zero; dout tile transposed
-                 * as panels (ocpad16/NR, ntp, NR), zero past ocg */
-                im2col_tile(col, ntp, img, g * t->cg, q0, nt, ntp, k, s);
-                memset(col + (ptrdiff_t)k * ntp, 0, (size_t)(t->kpad - k) * ntp * sizeof *col);
-                memset(pan, 0, (size_t)t->ocpad16 * ntp * sizeof *pan);
-                for (int oo = 0; oo < ocg; oo++) {
-                    float *dst = pan + (ptrdiff_t)(oo / CONV_NR) * ntp * CONV_NR + oo % CONV_NR;
-                    FOR_RUNS(u, q0, nt, s) {
-                        const float *sr = dy + ((ptrdiff_t)u.b * s->oc + g * ocg + oo) * ohw
-                                        + (ptrdiff_t)u.oy * s->ow + u.ox;
-                        for (int i = 0; i < u.len; i++)
-                            dst[(ptrdiff_t)(u.j + i) * CONV_NR] = sr[i];
-                    }
-                }
-                float *dwg = dwt + (ptrdiff_t)g * t->kpad * t->ocpad16;
-                for (int i0 = 0; i0 < t->kpad; i0 += CONV_MR)
-                    for (int op = 0; op < t->ocpad16; op += CONV_NR)
-                        conv_kernel(ntp, col + (ptrdiff_t)i0 * ntp, aoff, pan + (ptrdiff_t)op * ntp,
-                                    lin, dwg + (ptrdiff_t)i0 * t->ocpad16 + op, t->ocpad16, true);
-            }
-            if (dimg != NULL) {
-                /* dout tile (ocg, ntp) packed in panels; dcol = W^T @ it; col2im */
-                for (int oo = 0; oo < ocg; oo++) {
-                    float *dst = col + (ptrdiff_t)oo * ntp;
-                    FOR_RUNS(u, q0, nt, s) {
-                        memcpy(dst + u.j, dy + ((ptrdiff_t)u.b * s->oc + g * ocg + oo) * ohw
-                                          + (ptrdiff_t)u.oy * s->ow + u.ox,
-                               (size_t)u.len * sizeof *dst);
-                    }
-                    for (int j = nt; j < ntp; j++)
-                        dst[j] = 0.0f;
-                }
-                pack_panels(pan, col, ntp, ocg, ntp);
-                for (int jp = 0; jp < ntp; jp += CONV_NR)
-                    for (int i0 = 0; i0 < t->kpad; i0 += CONV_MR)
-                        conv_kernel(ocg, wtpack + ((ptrdiff_t)g * t->kpad + i0) * ocg, aoff_w,
-                                    pan + (ptrdiff_t)jp * ocg, lin,
-                                    res + (ptrdiff_t)i0 * ntp + jp, ntp, false);
-                col2im_tile_add(dimg, g * t->cg, res, ntp, q0, nt, k, s);
-            }
-        }
-    }
-}
-
-/* ---- tiled drivers ---- */
-
 /* First image of slot i of `slots` over n images. */
 static int slot_start(int i, int slots, int n) { return (int)((long long)n * i / slots); }
 
 static void conv_tiled_forward(float *out, const float *inp, const float *weight,
-                               const float *bias, const conv_shape *s, float *scratch)
+                               const float *bias, const conv_shape *s, const conv_tiling *t,
+                               float *scratch)
 {
-    const conv_tiling t = conv_tiling_of(s);
     const int ldw = s->w_cin_full * s->kh * s->kw;
     const ptrdiff_t hw = (ptrdiff_t)s->h * s->w, ohw = (ptrdiff_t)s->oh * s->ow;
-    const ptrdiff_t per_slot = conv_slot_floats(&t);
+    const ptrdiff_t per_slot = conv_slot_floats(t);
     float *wpack = scratch;
     /* W per group, (ocpad, k) with zero rows past ocg */
     for (int g = 0; g < s->groups; g++)
-        for (int i = 0; i < t.ocpad; i++) {
-            float *dst = wpack + ((ptrdiff_t)g * t.ocpad + i) * t.k;
-            if (i < t.ocg)
-                memcpy(dst, weight + (ptrdiff_t)(g * t.ocg + i) * ldw, (size_t)t.k * sizeof *dst);
+        for (int i = 0; i < t->ocpad; i++) {
+            float *dst = wpack + ((ptrdiff_t)g * t->ocpad + i) * t->k;
+            if (i < t->ocg)
+                memcpy(dst, weight + (ptrdiff_t)(g * t->ocg + i) * ldw, (size_t)t->k * sizeof *dst);
             else
-                memset(dst, 0, (size_t)t.k * sizeof *dst);
+                memset(dst, 0, (size_t)t->k * sizeof *dst);
         }
     #pragma omp parallel for schedule(dynamic, 1)
-    for (int i = 0; i < t.slots; i++) {
-        float *buf = scratch + t.wpack + i * per_slot;
-        float *src = buf, *col = src + t.src, *pan = col + t.col, *res = pan + t.pan;
-        const int n0 = slot_start(i, t.slots, s->n), nb = slot_start(i + 1, t.slots, s->n) - n0;
-        float *o = out + (ptrdiff_t)n0 * s->oc * ohw;
-        const float *img = inp + (ptrdiff_t)n0 * s->c * hw;
-        if (t.padded)
-            padded_forward_slot(o, img, nb, wpack, bias, s, &t, src, res);
-        else
-            tiled_forward_slot(o, img, nb, wpack, bias, s, &t, col, pan, res);
+    for (int i = 0; i < t->slots; i++) {
+        float *src = scratch + t->wpack + i * per_slot, *res = src + t->src + t->pan;
+        const int n0 = slot_start(i, t->slots, s->n), nb = slot_start(i + 1, t->slots, s->n) - n0;
+        tiled_forward_slot(out + (ptrdiff_t)n0 * s->oc * ohw, inp + (ptrdiff_t)n0 * s->c * hw,
+                           nb, wpack, bias, s, t, src, res);
     }
 }
 
+/* dinp only when t->data. */
 static void conv_tiled_backward(float *dinp, float *dweight, const float *dout,
                                 const float *inp, const float *weight,
-                                const conv_shape *s, float *scratch)
+                                const conv_shape *s, const conv_tiling *t, float *scratch)
 {
-    const conv_tiling t = conv_tiling_of(s);
     const int ldw = s->w_cin_full * s->kh * s->kw, khw = s->kh * s->kw;
     const ptrdiff_t hw = (ptrdiff_t)s->h * s->w, ohw = (ptrdiff_t)s->oh * s->ow;
-    const ptrdiff_t per_slot = conv_slot_floats(&t);
+    const ptrdiff_t per_slot = conv_slot_floats(t);
     float *wtpack = scratch;
-    if (dinp != NULL && t.padded) {
+    if (dinp != NULL) {
         /* W' per group, (cgpad, ocg*KH*KW): W'[ci][(o*KH + ky)*KW + kx] =
          * W[o][ci][KH-1-ky][KW-1-kx], zero rows past cg */
         for (int g = 0; g < s->groups; g++) {
-            float *wt = wtpack + (ptrdiff_t)g * t.cgpad * t.kb;
-            for (int ci = 0; ci < t.cgpad; ci++)
-                for (int r = 0; r < t.kb; r++) {
+            float *wt = wtpack + (ptrdiff_t)g * t->cgpad * t->kb;
+            for (int ci = 0; ci < t->cgpad; ci++)
+                for (int r = 0; r < t->kb; r++) {
                     const int oo = r / khw, tap = khw - 1 - r % khw;
-                    wt[(ptrdiff_t)ci * t.kb + r] = ci < t.cg
-                        ? weight[(ptrdiff_t)(g * t.ocg + oo) * ldw + ci * khw + tap] : 0.0f;
+                    wt[(ptrdiff_t)ci * t->kb + r] = ci < t->cg
+                        ? weight[(ptrdiff_t)(g * t->ocg + oo) * ldw + ci * khw + tap] : 0.0f;
                 }
-        }
-    } else if (dinp != NULL) {
-        /* W^T per group, (kpad, ocg) with zero rows past k */
-        for (int g = 0; g < s->groups; g++) {
-            float *wt = wtpack + (ptrdiff_t)g * t.kpad * t.ocg;
-            for (int r = 0; r < t.kpad; r++)
-                for (int oo = 0; oo < t.ocg; oo++)
-                    wt[(ptrdiff_t)r * t.ocg + oo] =
-                        r < t.k ? weight[(ptrdiff_t)(g * t.ocg + oo) * ldw + r] : 0.0f;
         }
     }
     #pragma omp parallel for schedule(dynamic, 1)
-    for (int i = 0; i < t.slots; i++) {
-        float *buf = scratch + t.wpack + i * per_slot;
-        float *src = buf, *col = src + t.src, *pan = col + t.col, *res = pan + t.pan;
-        float *dwt = dweight != NULL ? res + t.res : NULL;
+    for (int i = 0; i < t->slots; i++) {
+        float *src = scratch + t->wpack + i * per_slot, *pan = src + t->src, *res = pan + t->pan;
+        float *dwt = dweight != NULL ? res + t->res : NULL;
         if (dwt != NULL)
-            memset(dwt, 0, (size_t)t.dwt * sizeof *dwt);
-        const int n0 = slot_start(i, t.slots, s->n), nb = slot_start(i + 1, t.slots, s->n) - n0;
-        float *di = dinp != NULL ? dinp + (ptrdiff_t)n0 * s->c * hw : NULL;
-        const float *dy = dout + (ptrdiff_t)n0 * s->oc * ohw;
-        const float *img = inp != NULL ? inp + (ptrdiff_t)n0 * s->c * hw : NULL;
-        if (t.padded)
-            padded_backward_slot(di, dwt, dy, img, nb, wtpack, s, &t, src, pan, res);
-        else
-            tiled_backward_slot(di, dwt, dy, img, nb, wtpack, s, &t, col, pan, res);
+            memset(dwt, 0, (size_t)t->dwt * sizeof *dwt);
+        const int n0 = slot_start(i, t->slots, s->n), nb = slot_start(i + 1, t->slots, s->n) - n0;
+        tiled_backward_slot(dinp != NULL ? dinp + (ptrdiff_t)n0 * s->c * hw : NULL, dwt,
+                            dout + (ptrdiff_t)n0 * s->oc * ohw,
+                            inp != NULL ? inp + (ptrdiff_t)n0 * s->c * hw : NULL,
+                            nb, wtpack, s, t, src, pan, res);
     }
     if (dweight == NULL)
         return;
     /* dW[o][r] += sum over slots, in slot order, of dW^T_slot[r][o] */
-    const ptrdiff_t dwt_at = t.wpack + t.src + t.col + t.pan + t.res;
-    #pragma omp parallel for schedule(static) if ((ptrdiff_t)s->oc * t.k * t.slots > CONV_PAR_MIN)
-    for (int o = 0; o < s->oc; o++) {
-        const int g = o / t.ocg, oo = o % t.ocg;
-        float *dst = dweight + (ptrdiff_t)o * ldw;
-        for (int r = 0; r < t.k; r++) {
+    const ptrdiff_t dwt_at = t->wpack + t->src + t->pan + t->res;
+    const int rows = s->groups * t->k;
+    #pragma omp parallel for schedule(static) if ((ptrdiff_t)rows * t->ocg * t->slots > CONV_PAR_MIN)
+    for (int gr = 0; gr < rows; gr++) {
+        const int g = gr / t->k, r = gr % t->k;
+        const float *part = scratch + dwt_at + ((ptrdiff_t)g * t->kpad + r) * t->ocpad16;
+        for (int oo = 0; oo < t->ocg; oo++) {
             float acc = 0.0f;
-            for (int i = 0; i < t.slots; i++)
-                acc += scratch[dwt_at + i * per_slot + ((ptrdiff_t)g * t.kpad + r) * t.ocpad16 + oo];
-            dst[r] += acc;
+            for (int i = 0; i < t->slots; i++)
+                acc += part[i * per_slot + oo];
+            dweight[(ptrdiff_t)(g * t->ocg + oo) * ldw + r] += acc;
         }
     }
 }
 
-/* ---- depthwise convs: direct loops ---- */
+/* ---- depthwise convs: zero-padded planes, flat direct loops ----
+ *
+ * Each plane (image n, channel ch) is copied into zero-padded phase planes as
+ * in the tiled path; then the whole output plane is one flat loop over a grid
+ * as wide as a padded phase row (its extra columns computed and dropped), a
+ * sum of shifted input rows that the compiler vectorises even for 7x7 planes.
+ * Backward-data splits the input into stride phases: input pixel
+ * (i*sh + a, j*sw + b) receives the taps whose (a + ph - ky*dh,
+ * b + pw - kx*dw) are multiples of the stride, each a shifted read of
+ * zero-padded dout.  Backward-weight reads each plane once for all taps; a
+ * channel's batch is reduced inside one work item, so no two threads share a
+ * weight.  Work items (planes or channels) are cut into DW_SLOTS fixed ranges,
+ * each with its own buffer. */
 
-/* orow[ox] += sum over taps of wk * input, for output columns [xa, xb) of row oy
- * of one plane; ip (H,W), wk (KH,KW). */
-static void dw_row_taps(float *restrict orow, const float *restrict ip,
-                        const float *restrict wk, int oy, int xa, int xb,
-                        const conv_shape *s)
+#define DW_SLOTS 32
+#define DW_TAPS 64             /* taps per offset table; larger kernels take batches */
+
+/* Geometry of the depthwise buffers. */
+typedef struct {
+    int slots;                 /* ranges of work items (and buffers) */
+    pad_grid fg;               /* forward / backward-weight: padded input, phase split */
+    pad_grid bg;               /* backward-data: padded dout, stride 1 */
+    ptrdiff_t fgrid, bgrid;    /* floats of the flat output grids */
+    ptrdiff_t buf;             /* floats per slot */
+} dw_tiling;
+
+/* Rows of dout reaching above (*lo < 0) or below (*hi > 0 past out-1) when
+ * input phase a in [0, stride) gathers tap k: q = (a + pad - k*dil)/stride
+ * for the taps that divide; rows i < ceil((in - a)/stride). */
+static void dw_reach(int in, int out, int k, int stride, int pad, int dil, int *lo, int *hi)
 {
-    const int sw = s->sw;
-    for (int ky = 0; ky < s->kh; ky++) {
-        const int iy = oy * s->sh - s->ph + ky * s->dh;
-        if (iy < 0 || iy >= s->h)
-            continue;
-        const float *irow = ip + (ptrdiff_t)iy * s->w;
-        for (int kx = 0; kx < s->kw; kx++) {
-            const int xoff = kx * s->dw - s->pw;
-            const float wv = wk[ky * s->kw + kx];
-            int lo, hi;
-            tap_range(xoff, sw, s->w, s->ow, &lo, &hi);
-            lo = DMCP_MAX(lo, xa);
-            hi = DMCP_MIN(hi, xb);
-            if (sw == 1) {
-                for (int ox = lo; ox < hi; ox++)
-                    orow[ox] += wv * irow[ox + xoff];
-            } else {
-                for (int ox = lo; ox < hi; ox++)
-                    orow[ox] += wv * irow[ox * sw + xoff];
-            }
+    *lo = 0;
+    *hi = 0;
+    for (int a = 0; a < stride && a < in; a++) {
+        const int rows = (in - a + stride - 1) / stride;
+        for (int t = 0; t < k; t++) {
+            const int num = a + pad - t * dil;
+            if (((num % stride) + stride) % stride != 0)
+                continue;
+            const int q = num >= 0 ? num / stride : -((-num) / stride);
+            *lo = DMCP_MIN(*lo, q);
+            *hi = DMCP_MAX(*hi, rows - 1 + q - (out - 1));
         }
     }
 }
 
-/* op (OH,OW) = b + conv(ip (H,W), wk (KH,KW)) for one channel.  3x3 rows whose
- * three input rows exist take a fused 9-tap loop over the columns where every
- * tap is inside the image; the borders go through dw_row_taps. */
-static void dw_forward_plane(float *restrict op, const float *restrict ip,
-                             const float *restrict wk, float b, const conv_shape *s)
+static dw_tiling dw_tiling_of(const conv_shape *s, ptrdiff_t items)
 {
-    const int ow = s->ow, w = s->w, sw = s->sw, dw = s->dw;
-    int xl = 0, xr = 0;
-    if (s->kh == 3 && s->kw == 3) {
-        int lo0, hi0, lo2, hi2;
-        tap_range(-s->pw, sw, w, ow, &lo0, &hi0);
-        tap_range(2 * dw - s->pw, sw, w, ow, &lo2, &hi2);
-        xl = lo0;
-        xr = hi2;
+    dw_tiling t;
+    t.slots = (int)DMCP_MIN(items, (ptrdiff_t)DW_SLOTS);
+    /* flat reads run up to a row past the last column read */
+    pad_grid_init(&t.fg, s->h + 2 * s->ph, s->w + 2 * s->pw, s->sh, s->sw, s->ph, s->pw,
+                  s->oh, s->ow, 0, CONV_MR);
+    t.fg.pl += t.fg.wq;
+    int ylo, yhi, xlo, xhi;
+    dw_reach(s->h, s->oh, s->kh, s->sh, s->ph, s->dh, &ylo, &yhi);
+    dw_reach(s->w, s->ow, s->kw, s->sw, s->pw, s->dw, &xlo, &xhi);
+    pad_grid_init(&t.bg, -ylo + s->oh + yhi, -xlo + s->ow + xhi, 1, 1, -ylo, -xlo,
+                  s->oh, s->ow, 0, CONV_MR);
+    t.bg.pl += t.bg.wq;
+    t.fgrid = round_up((ptrdiff_t)s->oh * t.fg.wq, CONV_NR);
+    t.bgrid = round_up((ptrdiff_t)((s->h + s->sh - 1) / s->sh) * t.bg.wq, CONV_NR);
+    t.buf = round_up(DMCP_MAX((ptrdiff_t)s->sh * s->sw * t.fg.pl + t.fgrid,
+                              t.bg.pl + s->sw * t.bgrid), CONV_NR);
+    return t;
+}
+
+static ptrdiff_t dw_scratch(const conv_shape *s)
+{
+    /* the most work items any call makes: planes */
+    const dw_tiling t = dw_tiling_of(s, (ptrdiff_t)s->n * s->c);
+    return t.slots * t.buf;
+}
+
+/* The depthwise path: groups == c == oc, and its buffers keep int offsets
+ * (others take the GEMM path, one group at a time). */
+static bool conv_is_dw_direct(const conv_shape *s)
+{
+    return conv_is_depthwise(s) && dw_tiling_of(s, 1).buf < INT_MAX;
+}
+
+/* First item of slot i of `slots` over n items. */
+static ptrdiff_t range_start(int i, int slots, ptrdiff_t n) { return n * i / slots; }
+
+/* off[t] for taps t0 .. t0+nt-1 of one channel in the phase planes of g. */
+static void dw_tap_offsets(int *off, int t0, int nt, const pad_grid *g, const conv_shape *s)
+{
+    for (int t = 0; t < nt; t++) {
+        const int ty = (t0 + t) / s->kw * s->dh, tx = (t0 + t) % s->kw * s->dw;
+        off[t] = (int)(((ptrdiff_t)(ty % g->sh) * g->sw + tx % g->sw) * g->pl)
+               + ty / g->sh * g->wq + tx / g->sw;
+    }
+}
+
+/* grid[f] (=|+=) sum over nt taps of wk[t] * src[f + off[t]], f < n; 9 taps fused. */
+CONV_FMA_CONTRACT
+static void dw_grid_taps(float *restrict grid, ptrdiff_t n, const float *src, const int *off,
+                         const float *wv, int nt, bool add)
+{
+    if (nt == 9) {
+        const float *r0 = src + off[0], *r1 = src + off[1], *r2 = src + off[2];
+        const float *r3 = src + off[3], *r4 = src + off[4], *r5 = src + off[5];
+        const float *r6 = src + off[6], *r7 = src + off[7], *r8 = src + off[8];
+        const float w0 = wv[0], w1 = wv[1], w2 = wv[2], w3 = wv[3], w4 = wv[4];
+        const float w5 = wv[5], w6 = wv[6], w7 = wv[7], w8 = wv[8];
+        if (!add) {
+            for (ptrdiff_t f = 0; f < n; f++)
+                grid[f] = w0 * r0[f] + w1 * r1[f] + w2 * r2[f] + w3 * r3[f] + w4 * r4[f]
+                        + w5 * r5[f] + w6 * r6[f] + w7 * r7[f] + w8 * r8[f];
+        } else {
+            for (ptrdiff_t f = 0; f < n; f++)
+                grid[f] += w0 * r0[f] + w1 * r1[f] + w2 * r2[f] + w3 * r3[f] + w4 * r4[f]
+                         + w5 * r5[f] + w6 * r6[f] + w7 * r7[f] + w8 * r8[f];
+        }
+        return;
+    }
+    for (int t = 0; t < nt; t++) {
+        const float w = wv[t], *restrict r = src + off[t];
+        if (t == 0 && !add) {
+            for (ptrdiff_t f = 0; f < n; f++)
+                grid[f] = w * r[f];
+        } else {
+            for (ptrdiff_t f = 0; f < n; f++)
+                grid[f] += w * r[f];
+        }
+    }
+}
+
+/* op (OH,OW) = b + conv(ip (H,W), wk (KH,KW)) for one channel; buf a slot buffer. */
+static void dw_forward_plane(float *op, const float *ip, const float *wk, float b,
+                             const conv_shape *s, const dw_tiling *t, float *buf, bool fresh)
+{
+    const pad_grid *g = &t->fg;
+    const int khw = s->kh * s->kw;
+    const ptrdiff_t n = (ptrdiff_t)s->oh * g->wq;
+    float *src = buf, *grid = buf + (ptrdiff_t)s->sh * s->sw * g->pl;
+    int off[DW_TAPS];
+    pad_planes(src, ip, 1, s->h, s->w, g, s, fresh);
+    for (int t0 = 0; t0 < khw; t0 += DW_TAPS) {
+        const int nt = DMCP_MIN(DW_TAPS, khw - t0);
+        dw_tap_offsets(off, t0, nt, g, s);
+        dw_grid_taps(grid, n, src, off, wk + t0, nt, t0 > 0);
     }
     for (int oy = 0; oy < s->oh; oy++) {
-        float *restrict orow = op + (ptrdiff_t)oy * ow;
-        for (int ox = 0; ox < ow; ox++)
-            orow[ox] = b;
-        const int iy0 = oy * s->sh - s->ph;
-        const bool fused = xl < xr && iy0 >= 0 && iy0 + 2 * s->dh < s->h;
-        if (!fused) {
-            dw_row_taps(orow, ip, wk, oy, 0, ow, s);
-            continue;
-        }
-        const int pw = s->pw;
-        const float *r0 = ip + (ptrdiff_t)iy0 * w;
-        const float *r1 = r0 + (ptrdiff_t)s->dh * w;
-        const float *r2 = r1 + (ptrdiff_t)s->dh * w;
-        const float w0 = wk[0], w1 = wk[1], w2 = wk[2];
-        const float w3 = wk[3], w4 = wk[4], w5 = wk[5];
-        const float w6 = wk[6], w7 = wk[7], w8 = wk[8];
-        dw_row_taps(orow, ip, wk, oy, 0, xl, s);
-        if (sw == 1) {
-            for (int ox = xl; ox < xr; ox++) {
-                const int x = ox - pw;
-                orow[ox] += w0 * r0[x] + w1 * r0[x + dw] + w2 * r0[x + 2 * dw]
-                          + w3 * r1[x] + w4 * r1[x + dw] + w5 * r1[x + 2 * dw]
-                          + w6 * r2[x] + w7 * r2[x + dw] + w8 * r2[x + 2 * dw];
+        float *restrict orow = op + (ptrdiff_t)oy * s->ow;
+        const float *restrict grow = grid + (ptrdiff_t)oy * g->wq;
+        for (int ox = 0; ox < s->ow; ox++)
+            orow[ox] = grow[ox] + b;
+    }
+}
+
+/* dip (H,W) += conv_transpose(dop (OH,OW), wk) for one plane; buf a slot
+ * buffer.  For each row phase a, the grids of all column phases b are summed
+ * first, then added to the rows together (stride 2: one interleaving pass). */
+static void dw_backward_input_plane(float *dip, const float *dop, const float *wk,
+                                    const conv_shape *s, const dw_tiling *t, float *buf, bool fresh)
+{
+    const pad_grid *g = &t->bg;
+    float *src = buf, *grids = buf + g->pl;
+    pad_planes(src, dop, 1, s->oh, s->ow, g, s, fresh);
+    for (int a = 0; a < s->sh && a < s->h; a++) {
+        const int rows = (s->h - a + s->sh - 1) / s->sh;
+        bool any[2] = {false, false};
+        for (int b = 0; b < s->sw && b < s->w; b++) {
+            float *grid = grids + (ptrdiff_t)b * t->bgrid;
+            /* taps landing on input phase (a, b) and where they read dout, in
+             * batches of the table */
+            int off[DW_TAPS], nt = 0, batches = 0;
+            float wv[DW_TAPS];
+            for (int ky = 0; ky < s->kh; ky++) {
+                const int ny = a + s->ph - ky * s->dh;
+                if (((ny % s->sh) + s->sh) % s->sh != 0)
+                    continue;
+                const int qy = ny >= 0 ? ny / s->sh : -((-ny) / s->sh);
+                for (int kx = 0; kx < s->kw; kx++) {
+                    const int nx = b + s->pw - kx * s->dw;
+                    if (((nx % s->sw) + s->sw) % s->sw != 0)
+                        continue;
+                    const int qx = nx >= 0 ? nx / s->sw : -((-nx) / s->sw);
+                    off[nt] = (qy + g->top) * g->wq + qx + g->left;
+                    wv[nt++] = wk[ky * s->kw + kx];
+                    if (nt == DW_TAPS) {
+                        dw_grid_taps(grid, (ptrdiff_t)rows * g->wq, src, off, wv, nt, batches++ > 0);
+                        nt = 0;
+                    }
+                }
             }
-        } else {
-            for (int ox = xl; ox < xr; ox++) {
-                const int x = ox * sw - pw;
-                orow[ox] += w0 * r0[x] + w1 * r0[x + dw] + w2 * r0[x + 2 * dw]
-                          + w3 * r1[x] + w4 * r1[x + dw] + w5 * r1[x + 2 * dw]
-                          + w6 * r2[x] + w7 * r2[x + dw] + w8 * r2[x + 2 * dw];
+            if (nt > 0)
+                dw_grid_taps(grid, (ptrdiff_t)rows * g->wq, src, off, wv, nt, batches++ > 0);
+            if (batches == 0)
+                memset(grid, 0, (size_t)rows * g->wq * sizeof *grid);
+            if (b < 2)
+                any[b] = batches > 0;
+        }
+        for (int i = 0; i < rows; i++) {
+            float *restrict irow = dip + (ptrdiff_t)(i * s->sh + a) * s->w;
+            const float *restrict g0 = grids + (ptrdiff_t)i * g->wq;
+            if (s->sw == 1) {
+                if (any[0])
+                    for (int x = 0; x < s->w; x++)
+                        irow[x] += g0[x];
+            } else if (s->sw == 2) {
+                const float *restrict g1 = g0 + t->bgrid;
+                const int pairs = s->w / 2;
+                for (int j = 0; j < pairs; j++) {
+                    irow[2 * j] += g0[j];
+                    irow[2 * j + 1] += g1[j];
+                }
+                if (s->w % 2)
+                    irow[2 * pairs] += g0[pairs];
+            } else {
+                for (int x = 0; x < s->w; x++)
+                    irow[x] += grids[(ptrdiff_t)(x % s->sw) * t->bgrid + (ptrdiff_t)i * g->wq + x / s->sw];
             }
         }
-        dw_row_taps(orow, ip, wk, oy, xr, ow, s);
+    }
+}
+
+/* acc[t] += sum over f < n of d[f] * src[f + off[t]] for 9 taps. */
+static void dw_dots9(double *acc, const float *restrict d, ptrdiff_t n, const float *src,
+                     const int *off)
+{
+    const float *r0 = src + off[0], *r1 = src + off[1], *r2 = src + off[2];
+    const float *r3 = src + off[3], *r4 = src + off[4], *r5 = src + off[5];
+    const float *r6 = src + off[6], *r7 = src + off[7], *r8 = src + off[8];
+    float a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0, a8 = 0;
+    #pragma omp simd reduction(+:a0, a1, a2, a3, a4, a5, a6, a7, a8)
+    for (ptrdiff_t f = 0; f < n; f++) {
+        const float v = d[f];
+        a0 += v * r0[f]; a1 += v * r1[f]; a2 += v * r2[f];
+        a3 += v * r3[f]; a4 += v * r4[f]; a5 += v * r5[f];
+        a6 += v * r6[f]; a7 += v * r7[f]; a8 += v * r8[f];
+    }
+    acc[0] += a0; acc[1] += a1; acc[2] += a2; acc[3] += a3; acc[4] += a4;
+    acc[5] += a5; acc[6] += a6; acc[7] += a7; acc[8] += a8;
+}
+
+/* dwk (KH,KW) += sum over the batch of dout_ch * taps of inp_ch for channel
+ * ch; dout is laid on the flat grid with zeros in its extra columns. */
+static void dw_backward_weight_channel(float *dwk, const float *dout, const float *inp, int ch,
+                                       const conv_shape *s, const dw_tiling *t, float *buf,
+                                       bool fresh)
+{
+    const pad_grid *g = &t->fg;
+    const int khw = s->kh * s->kw, c = s->c, ow = s->ow;
+    const ptrdiff_t hw = (ptrdiff_t)s->h * s->w, ohw = (ptrdiff_t)s->oh * ow;
+    const ptrdiff_t n = (ptrdiff_t)s->oh * g->wq;
+    float *src = buf, *grid = buf + (ptrdiff_t)s->sh * s->sw * g->pl;
+    for (int t0 = 0; t0 < khw; t0 += DW_TAPS) {
+        const int nt = DMCP_MIN(DW_TAPS, khw - t0);
+        int off[DW_TAPS];
+        double acc[DW_TAPS];
+        dw_tap_offsets(off, t0, nt, g, s);
+        for (int i = 0; i < nt; i++)
+            acc[i] = 0.0;
+        for (int b = 0; b < s->n; b++) {
+            const float *dop = dout + ((ptrdiff_t)b * c + ch) * ohw;
+            pad_planes(src, inp + ((ptrdiff_t)b * c + ch) * hw, 1, s->h, s->w, g, s, fresh);
+            fresh = false;
+            for (int oy = 0; oy < s->oh; oy++) {
+                float *grow = grid + (ptrdiff_t)oy * g->wq;
+                memcpy(grow, dop + (ptrdiff_t)oy * ow, (size_t)ow * sizeof *grow);
+                memset(grow + ow, 0, (size_t)(g->wq - ow) * sizeof *grow);
+            }
+            if (nt == 9) {
+                dw_dots9(acc, grid, n, src, off);
+                continue;
+            }
+            for (int i = 0; i < nt; i++) {
+                const float *restrict r = src + off[i];
+                float sum = 0.0f;
+                #pragma omp simd reduction(+:sum)
+                for (ptrdiff_t f = 0; f < n; f++)
+                    sum += grid[f] * r[f];
+                acc[i] += sum;
+            }
+        }
+        for (int i = 0; i < nt; i++)
+            dwk[t0 + i] += (float)acc[i];
     }
 }
 
 /* out (N,C,OH,OW), inp (N,C,H,W), weight rows of KH*KW, one per channel. */
 static void dw_forward(float *out, const float *inp, const float *weight,
-                       const float *bias, const conv_shape *s)
+                       const float *bias, const conv_shape *s, float *scratch)
 {
     const int khw = s->kh * s->kw, c = s->c;
     const ptrdiff_t planes = (ptrdiff_t)s->n * c;
     const ptrdiff_t hw = (ptrdiff_t)s->h * s->w, ohw = (ptrdiff_t)s->oh * s->ow;
-    #pragma omp parallel for schedule(static) if (planes * ohw * khw > CONV_PAR_MIN)
-    for (ptrdiff_t p = 0; p < planes; p++) {
-        const int ch = (int)(p % c);
-        dw_forward_plane(out + p * ohw, inp + p * hw, weight + (ptrdiff_t)ch * khw,
-                         bias != NULL ? bias[ch] : 0.0f, s);
-    }
-}
-
-/* dip (H,W) += conv_transpose(dop (OH,OW), wk) for one plane. */
-static void dw_backward_input_plane(float *restrict dip, const float *restrict dop,
-                                    const float *restrict wk, const conv_shape *s)
-{
-    const int sw = s->sw;
-    for (int oy = 0; oy < s->oh; oy++) {
-        const float *drow = dop + (ptrdiff_t)oy * s->ow;
-        for (int ky = 0; ky < s->kh; ky++) {
-            const int iy = oy * s->sh - s->ph + ky * s->dh;
-            if (iy < 0 || iy >= s->h)
-                continue;
-            float *irow = dip + (ptrdiff_t)iy * s->w;
-            for (int kx = 0; kx < s->kw; kx++) {
-                const int xoff = kx * s->dw - s->pw;
-                const float wv = wk[ky * s->kw + kx];
-                int lo, hi;
-                tap_range(xoff, sw, s->w, s->ow, &lo, &hi);
-                if (sw == 1) {
-                    for (int ox = lo; ox < hi; ox++)
-                        irow[ox + xoff] += wv * drow[ox];
-                } else {
-                    for (int ox = lo; ox < hi; ox++)
-                        irow[ox * sw + xoff] += wv * drow[ox];
-                }
-            }
-        }
-    }
-}
-
-/* dwk (KH,KW) += sum over the batch of dout_c * inp_c for channel ch; the
- * batch is reduced inside one thread, so no two threads share a weight. */
-static void dw_backward_weight_channel(float *dwk, const float *dout, const float *inp,
-                                       int ch, const conv_shape *s)
-{
-    const int sw = s->sw, c = s->c;
-    const ptrdiff_t hw = (ptrdiff_t)s->h * s->w, ohw = (ptrdiff_t)s->oh * s->ow;
-    for (int ky = 0; ky < s->kh; ky++) {
-        for (int kx = 0; kx < s->kw; kx++) {
-            const int xoff = kx * s->dw - s->pw;
-            int lo, hi;
-            tap_range(xoff, sw, s->w, s->ow, &lo, &hi);
-            double acc = 0.0;
-            for (int n = 0; n < s->n; n++) {
-                const float *dop = dout + ((ptrdiff_t)n * c + ch) * ohw;
-                const float *ip = inp + ((ptrdiff_t)n * c + ch) * hw;
-                for (int oy = 0; oy < s->oh; oy++) {
-                    const int iy = oy * s->sh - s->ph + ky * s->dh;
-                    if (iy < 0 || iy >= s->h)
-                        continue;
-                    const float *drow = dop + (ptrdiff_t)oy * s->ow;
-                    const float *irow = ip + (ptrdiff_t)iy * s->w;
-                    float r = 0.0f;
-                    if (sw == 1) {
-                        #pragma omp simd reduction(+:r)
-                        for (int ox = lo; ox < hi; ox++)
-                            r += drow[ox] * irow[ox + xoff];
-                    } else {
-                        #pragma omp simd reduction(+:r)
-                        for (int ox = lo; ox < hi; ox++)
-                            r += drow[ox] * irow[ox * sw + xoff];
-                    }
-                    acc += r;
-                }
-            }
-            dwk[ky * s->kw + kx] += (float)acc;
+    const dw_tiling t = dw_tiling_of(s, planes);
+    #pragma omp parallel for schedule(dynamic, 1) if (planes * ohw * khw > CONV_PAR_MIN)
+    for (int i = 0; i < t.slots; i++) {
+        float *src = scratch + i * t.buf;
+        const ptrdiff_t p0 = range_start(i, t.slots, planes);
+        for (ptrdiff_t p = p0; p < range_start(i + 1, t.slots, planes); p++) {
+            const int ch = (int)(p % c);
+            dw_forward_plane(out + p * ohw, inp + p * hw, weight + (ptrdiff_t)ch * khw,
+                             bias != NULL ? bias[ch] : 0.0f, s, &t, src, p == p0);
         }
     }
 }
 
 static void dw_backward(float *dinp, float *dweight, const float *dout,
-                        const float *inp, const float *weight, const conv_shape *s)
+                        const float *inp, const float *weight, const conv_shape *s,
+                        float *scratch)
 {
     const int khw = s->kh * s->kw, c = s->c;
     const ptrdiff_t hw = (ptrdiff_t)s->h * s->w, ohw = (ptrdiff_t)s->oh * s->ow;
-    const ptrdiff_t work = (ptrdiff_t)s->n * c * ohw * khw;
+    const ptrdiff_t planes = (ptrdiff_t)s->n * c;
+    const ptrdiff_t work = planes * ohw * khw;
     if (dinp != NULL) {
-        const ptrdiff_t planes = (ptrdiff_t)s->n * c;
-        #pragma omp parallel for schedule(static) if (work > CONV_PAR_MIN)
-        for (ptrdiff_t p = 0; p < planes; p++) {
-            dw_backward_input_plane(dinp + p * hw, dout + p * ohw,
-                                    weight + (p % c) * khw, s);
+        const dw_tiling t = dw_tiling_of(s, planes);
+        #pragma omp parallel for schedule(dynamic, 1) if (work > CONV_PAR_MIN)
+        for (int i = 0; i < t.slots; i++) {
+            float *src = scratch + i * t.buf;
+            const ptrdiff_t p0 = range_start(i, t.slots, planes);
+            for (ptrdiff_t p = p0; p < range_start(i + 1, t.slots, planes); p++)
+                dw_backward_input_plane(dinp + p * hw, dout + p * ohw, weight + (p % c) * khw,
+                                        s, &t, src, p == p0);
         }
     }
     if (dweight != NULL) {
-        #pragma omp parallel for schedule(static) if (work > CONV_PAR_MIN)
-        for (int ch = 0; ch < c; ch++)
-            dw_backward_weight_channel(dweight + (ptrdiff_t)ch * khw, dout, inp, ch, s);
+        const dw_tiling t = dw_tiling_of(s, c);
+        #pragma omp parallel for schedule(dynamic, 1) if (work > CONV_PAR_MIN)
+        for (int i = 0; i < t.slots; i++) {
+            float *src = scratch + i * t.buf;
+            const ptrdiff_t c0 = range_start(i, t.slots, c);
+            for (ptrdiff_t ch = c0; ch < range_start(i + 1, t.slots, c); ch++)
+                dw_backward_weight_channel(dweight + ch * khw, dout, inp, (int)ch, s, &t, src,
+                                           ch == c0);
+        }
     }
 }
 
@@ -1233,10 +1202,11 @@ dmcp_status conv2d_forward(float *out, const float *inp, const float *weight,
     if (out == NULL || inp == NULL || weight == NULL ||
         (scratch == NULL && conv2d_scratch_floats(s) > 0))
         return DMCP_ERR_VALUE;
-    if (conv_is_depthwise(s))
-        dw_forward(out, inp, weight, bias, s);
-    else if (conv_is_tiled(s))
-        conv_tiled_forward(out, inp, weight, bias, s, scratch);
+    conv_tiling t;
+    if (conv_is_dw_direct(s))
+        dw_forward(out, inp, weight, bias, s, scratch);
+    else if (conv_tiling_of(s, &t))
+        conv_tiled_forward(out, inp, weight, bias, s, &t, scratch);
     else
         conv_gemm_forward(out, inp, weight, bias, s, scratch);
     return DMCP_OK;
@@ -1277,12 +1247,18 @@ dmcp_status conv2d_backward(float *dinp, float *dweight, float *dbias,
     }
     if (dinp == NULL && dweight == NULL)
         return DMCP_OK;
-    if (conv_is_depthwise(s))
-        dw_backward(dinp, dweight, dout, inp, weight, s);
-    else if (conv_is_tiled(s))
-        conv_tiled_backward(dinp, dweight, dout, inp, weight, s, scratch);
-    else
+    conv_tiling t;
+    if (conv_is_dw_direct(s)) {
+        dw_backward(dinp, dweight, dout, inp, weight, s, scratch);
+    } else if (conv_tiling_of(s, &t)) {
+        /* backward-data the tiled path cannot take goes through the GEMMs */
+        if (dweight != NULL || (dinp != NULL && t.data))
+            conv_tiled_backward(t.data ? dinp : NULL, dweight, dout, inp, weight, s, &t, scratch);
+        if (dinp != NULL && !t.data)
+            conv_gemm_backward(dinp, NULL, dout, inp, weight, s, scratch);
+    } else {
         conv_gemm_backward(dinp, dweight, dout, inp, weight, s, scratch);
+    }
     return DMCP_OK;
 }
 

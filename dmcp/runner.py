@@ -144,10 +144,15 @@ class Runner:
         train_cfg.setdefault("drop_last", True)
         self.train_loader = build_dataloader(train_cfg, pre, seed=self.seed, rank=self.rank,
                                              world_size=self.world, where="train_dataloader")
-        self.val_loader = build_dataloader(cfg["val_dataloader"], pre, seed=self.seed, rank=self.rank,
+        val_cfg = dict(cfg["val_dataloader"]) if cfg.get("val_dataloader") else None
+        if val_cfg is not None and self.world > 1:
+            # shards without padding, so the counts summed over ranks cover each image once
+            val_cfg["sampler"] = dict(val_cfg.get("sampler") or dict(type="DefaultSampler"),
+                                      round_up=False)
+        self.val_loader = build_dataloader(val_cfg, pre, seed=self.seed, rank=self.rank,
                                            world_size=self.world, shuffle=False,
                                            where="val_dataloader") \
-            if cfg.get("val_dataloader") else None
+            if val_cfg is not None else None
         self.iters_per_epoch = len(self.train_loader)
         if self.iters_per_epoch < 1:
             raise UserError("train_dataloader yields no full batch: fewer samples than batch_size")
@@ -312,6 +317,7 @@ class Runner:
         net = self.net
         was = net.training
         net.eval()
+        self.dist.broadcast_buffers(net)        # every rank evaluates rank 0's BN statistics
         topk = getattr(net.head, "topk", (1, 5))
         correct = np.zeros(len(topk), np.int64)
         total = 0
@@ -334,7 +340,8 @@ class Runner:
         """Recompute BN running statistics at the current widths (cumulative average over
         a few training batches)."""
         bns = [m for _, m in self.net.named_modules() if isinstance(m, BatchNorm2d)]
-        saved = [(m.momentum, m.running_mean.copy(), m.running_var.copy()) for m in bns]
+        saved = [(m.momentum, m.running_mean.copy(), m.running_var.copy(),
+                  m.num_batches_tracked.copy()) for m in bns]
         for m in bns:
             m.running_mean[...] = 0.0
             m.running_var[...] = 1.0
@@ -345,7 +352,7 @@ class Runner:
             for m in bns:
                 m.momentum = 1.0 / (i + 1)
             self.net.forward(x)
-        for m, (mom, _, _) in zip(bns, saved):
+        for m, (mom, *_) in zip(bns, saved):
             m.momentum = mom
         return bns, saved
 
@@ -357,9 +364,10 @@ class Runner:
                 mut.set_widths(mode)
                 bns, saved = self.recalibrate_bn()
                 r = self.evaluate(progress=f"val {mode}")
-                for m, (_, rm, rv) in zip(bns, saved):
+                for m, (_, rm, rv, nb) in zip(bns, saved):
                     m.running_mean[...] = rm
                     m.running_var[...] = rv
+                    m.num_batches_tracked[...] = nb
                 results.update({f"{mode}/{k}": v for k, v in r.items()})
             mut.set_widths("max")
         else:
@@ -400,8 +408,13 @@ def train_main(argv):
     p.add_argument("--launcher", choices=["none", "mpi", "slurm"], default="none")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
-    runner = Runner(cfg, work_dir=args.work_dir, resume=args.resume, launcher=args.launcher)
-    runner.train()
+    try:
+        runner = Runner(cfg, work_dir=args.work_dir, resume=args.resume, launcher=args.launcher)
+        runner.train()
+    except BaseException as e:
+        from . import dist
+        dist.abort_on_error(e)          # a distributed run ends on every rank, with a message
+        raise
     return 0
 
 
@@ -419,13 +432,18 @@ def test_main(argv):
     cfg = load_config(args.config, args.cfg_options)
     if cfg.get("test_dataloader"):
         cfg["val_dataloader"] = cfg["test_dataloader"]
-    runner = Runner(cfg, work_dir=args.work_dir, launcher=args.launcher)
-    if not os.path.exists(args.checkpoint):
-        raise UserError(f"checkpoint '{args.checkpoint}' does not exist")
-    from .checkpoint import read_checkpoint
-    runner.model.load_state_dict(read_checkpoint(args.checkpoint))
-    if runner.is_dmcp:
-        runner.model.mutator.set_widths("max")
-    r = runner.evaluate(progress="test")
+    try:
+        runner = Runner(cfg, work_dir=args.work_dir, launcher=args.launcher)
+        if not os.path.exists(args.checkpoint):
+            raise UserError(f"checkpoint '{args.checkpoint}' does not exist")
+        from .checkpoint import read_checkpoint
+        runner.model.load_state_dict(read_checkpoint(args.checkpoint))
+        if runner.is_dmcp:
+            runner.model.mutator.set_widths("max")
+        r = runner.evaluate(progress="test")
+    except BaseException as e:
+        from . import dist
+        dist.abort_on_error(e)
+        raise
     runner.log.info("Test: " + "  ".join(f"{k}: {v:.2f}" for k, v in r.items()))
     return r

@@ -54,7 +54,7 @@ for c in munged mungekey slurmctld slurmd sinfo srun; do need "$c"; done
 [ "$(id -u)" -eq 0 ] || { echo "slurm_cluster.sh: must run as root" >&2; exit 2; }
 
 DIR=$(mkdir -p "$DIR" && cd "$DIR" && pwd)
-mkdir -p "$DIR/state" "$DIR/spool"
+mkdir -p "$DIR/state" "$DIR/spool" "$DIR/tmp"
 chmod 755 "$DIR"
 rm -f "$DIR/munge.key"
 mungekey --create --keyfile="$DIR/munge.key" 2>/dev/null ||
@@ -73,6 +73,8 @@ CredType=cred/munge
 AuthInfo=socket=$DIR/munge.socket
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool
+TmpFS=$DIR/tmp
+MailProg=/bin/true
 SlurmctldPidFile=$DIR/slurmctld.pid
 SlurmdPidFile=$DIR/slurmd.pid
 SlurmctldLogFile=$DIR/slurmctld.log
