@@ -14,7 +14,6 @@ one's per-round images/s is reported.
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -89,27 +88,42 @@ class TorchStep:
         loss = self.loss(self.net(x), y)
         loss.backward()
         self.opt.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 def validate(case):
-    """One step from the same weights and batch: same loss, same new weights."""
+    """One step from the same weights and batch: same loss, same weight update (the
+    largest difference against the largest update anywhere in the model; float32
+    ReLU kinks flipping differently make small per-tensor differences)."""
     arch = CASES[case][0]
     d = DmcpStep(arch)
+    w0 = {k: np.array(v, np.float64) for k, v in d.net.state_dict().items()}
     t = TorchStep(arch, d.net.state_dict())
     x, y = batch(case)
     ld, lt = d(x, y), t(x, y)
     sd = d.net.state_dict()
-    worst = 0.0
+    diff = step = 0.0
     for k, v in t.net.state_dict().items():
-        if v.is_floating_point():
-            a, b = np.asarray(sd[k], np.float64), v.double().numpy()
-            worst = max(worst, float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-3)))
-    ok = abs(ld - lt) <= 1e-4 * max(1.0, abs(lt)) and worst <= 1e-3
-    print(f"  validate {case}: loss dmcp {ld:.6f} torch {lt:.6f}, max rel weight diff after one "
-          f"step {worst:.2e} -> {'ok' if ok else 'MISMATCH'}", flush=True)
+        if v.is_floating_point() and "running" not in k:
+            b = v.double().numpy()
+            diff = max(diff, float(np.abs(np.asarray(sd[k], np.float64) - b).max()))
+            step = max(step, float(np.abs(b - w0[k]).max()))
+    rel = diff / step
+    ok = abs(ld - lt) <= 1e-4 * max(1.0, abs(lt)) and rel <= 1e-2
+    print(f"  validate {case}: loss dmcp {ld:.6f} torch {lt:.6f}; updated weights differ by "
+          f"{diff:.2e} (largest update {step:.2e}) -> {'ok' if ok else 'MISMATCH'}", flush=True)
     if not ok:
         raise SystemExit(f"{case}: dmcp and PyTorch disagree; timings would be meaningless")
+
+
+def peak_rss_mib():
+    """This process's high-water resident set (VmHWM; getrusage's ru_maxrss would
+    carry the parent's peak over the exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def worker(framework, case, steps, warmup):
@@ -128,7 +142,7 @@ def worker(framework, case, steps, warmup):
         t0 = time.perf_counter()
         step(x, y)
         times.append(time.perf_counter() - t0)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0      # MiB
+    rss = peak_rss_mib()
     print(json.dumps(dict(ips=x.shape[0] / statistics.median(times), rss=rss)))
 
 

@@ -14,7 +14,10 @@ optim_wrapper = dict(
     optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True),
     paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0))
 
-max_epochs = 4
+# the pruned net is cheap to train: the whole 60,000-image training set
+train_dataloader = dict(dataset=dict(indices=None))
+
+max_epochs = 3
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.2, by_epoch=True, begin=0, end=1,
          convert_to_iter_based=True),

@@ -233,6 +233,9 @@ def arch_step(model, arch_optimizer, x, y, dist):
     mut.zero_alpha_grad()
     mut.set_gates(True)
     net.eval()
+    weights = [p for _, p in net.named_parameters()]
+    for p in weights:           # only the alphas learn here: skip every weight gradient
+        p.requires_grad = False
     try:
         logits = net.forward(x)
         task = ce.forward(logits, y)
@@ -240,6 +243,8 @@ def arch_step(model, arch_optimizer, x, y, dist):
         mut.alpha_backward()
         budget, flops = model.budget_loss_and_grad()
     finally:
+        for p in weights:
+            p.requires_grad = True
         mut.set_gates(False)
         net.train()
     dist.allreduce_grads(mut.arch_parameters())

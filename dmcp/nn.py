@@ -21,16 +21,24 @@ def _f32(x, name):
     return np.ascontiguousarray(x)
 
 
+def _grad(p):
+    """Where a backward kernel accumulates p's gradient: None when p is absent or frozen."""
+    return p.grad if p is not None and p.requires_grad else None
+
+
 def _pair(v):
     return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
 
 
 class Parameter:
-    """A trainable array and its gradient (same shape, float32)."""
+    """A trainable array and its gradient (same shape, float32).  With
+    ``requires_grad`` False, backward passes leave ``grad`` alone (and skip
+    computing it)."""
 
     def __init__(self, data):
         self.data = np.ascontiguousarray(data, dtype=np.float32)
         self.grad = np.zeros_like(self.data)
+        self.requires_grad = True
 
     @property
     def shape(self):
@@ -166,7 +174,7 @@ class Conv2d(Module):
         x = self._inp
         c, oc, groups = self._geometry(x)
         dinp = np.zeros_like(x) if need_dinp else None
-        _C.conv2d_backward(dinp, self.weight.grad, None if self.bias is None else self.bias.grad,
+        _C.conv2d_backward(dinp, _grad(self.weight), _grad(self.bias),
                            _f32(dout, "Conv2d dout"), x, self.weight.data,
                            *self.stride, *self.padding, *self.dilation, groups)
         return dinp
@@ -213,8 +221,7 @@ class BatchNorm2d(Module):
     def backward(self, dout):
         x, mean, invstd, train = self._cache
         dinp = np.zeros_like(x)
-        _C.batchnorm_backward(dinp, None if self.weight is None else self.weight.grad,
-                              None if self.bias is None else self.bias.grad,
+        _C.batchnorm_backward(dinp, _grad(self.weight), _grad(self.bias),
                               _f32(dout, "BatchNorm2d dout"), x, mean, invstd,
                               None if self.weight is None else self.weight.data, train)
         return dinp
@@ -307,7 +314,7 @@ class Linear(Module):
 
     def backward(self, dout, need_dinp=True):
         dinp = np.zeros_like(self._inp) if need_dinp else None
-        _C.linear_backward(dinp, self.weight.grad, None if self.bias is None else self.bias.grad,
+        _C.linear_backward(dinp, _grad(self.weight), _grad(self.bias),
                            _f32(dout, "Linear dout"), self._inp, self.weight.data)
         return dinp
 

@@ -520,6 +520,33 @@ def test_arch_step_gradient_is_task_plus_budget(close):
     for k, v in net.state_dict().items():
         assert np.array_equal(v, before[k]), f"{k} changed by the architecture step"
     assert not any(p.grad.any() for p in net.parameters())
+    assert all(p.requires_grad for p in net.parameters())
+
+
+def test_arch_step_keeps_weight_gradients_of_the_sandwich():
+    """The architecture step computes no weight gradient: what the weights held
+    before it (say, the sandwich's) is left as it was, then cleared as before."""
+    model = dmcp.build_model(dmcp_cfg("cifar20", shape=(1, 16, 16), target=1.0, weight=0.1))
+    net = model.architecture
+    x = np.random.default_rng(1).normal(size=(2, 1, 16, 16)).astype(np.float32)
+    seen = []
+    orig = net.backward
+
+    def backward(g):
+        r = orig(g)
+        seen.append([p.grad.copy() for p in net.parameters()])
+        return r
+
+    net.backward = backward
+    marker = [np.full_like(p.grad, 0.5) for p in net.parameters()]
+    for p, m in zip(net.parameters(), marker):
+        p.grad[...] = m
+    arch_step(model, dmcp.nn.Adam(model.mutator.arch_parameters(), lr=0.1), x, np.array([1, 2]),
+              SingleProcess())
+    assert len(seen) == 1
+    for got, want in zip(seen[0], marker):
+        assert np.array_equal(got, want)
+    assert any(u.alpha.grad.any() for u in model.mutator.units if u.ngroups)
 
 
 # ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ test_pipeline = [dict(type='PackClsInputs')]
 train_dataloader = dict(
     batch_size=64,
     num_workers=2,
-    dataset=dict(type=dataset_type, data_root=data_root, test_mode=False, indices=12000,
+    dataset=dict(type=dataset_type, data_root=data_root, test_mode=False, indices=18000,
                  pipeline=train_pipeline),
     sampler=dict(type='DefaultSampler', shuffle=True),
 )
