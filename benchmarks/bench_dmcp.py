@@ -16,15 +16,16 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dmcp import build_model  # noqa: E402
 from dmcp.algorithm import arch_step, dmcp_train_step, plain_train_step  # noqa: E402
 from dmcp.dist import SingleProcess  # noqa: E402
 from dmcp.nn import SGD, Adam  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 ARCHS = {
     "resnet50": (dict(type="ResNet", depth=50), (3, 224, 224), 1000, 2000),
@@ -72,15 +73,6 @@ def check_flops_grad(model):
         raise SystemExit("expected-FLOPs gradient is wrong; timings would be meaningless")
 
 
-def time_it(fn, reps):
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--arch", default="resnet50", choices=list(ARCHS))
@@ -97,7 +89,7 @@ def main():
         mut.zero_alpha_grad()
         model.budget_loss_and_grad()
 
-    t_flops = time_it(flops_value_and_grad, 200)
+    t_flops = median_seconds(flops_value_and_grad, 200)
     print(f"  E[F] value + gradient: {t_flops * 1e3:.3f} ms")
 
     rng = np.random.default_rng(0)
@@ -133,9 +125,9 @@ def main():
         f()
     t = {"plain": [], "arch": [], "full": []}
     for r in range(args.rounds):
-        t["plain"].append(time_it(plain, 1))
-        t["arch"].append(time_it(arch, 1))
-        t["full"].append(time_it(full, 1))
+        t["plain"].append(median_seconds(plain, 1))
+        t["arch"].append(median_seconds(arch, 1))
+        t["full"].append(median_seconds(full, 1))
     med = {k: statistics.median(v) for k, v in t.items()}
     print(f"  plain max-width step {med['plain'] * 1e3:.1f} ms, architecture step "
           f"{med['arch'] * 1e3:.1f} ms ({100 * (med['arch'] / med['plain'] - 1):+.1f}% over plain)")

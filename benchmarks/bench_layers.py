@@ -19,9 +19,11 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dmcp  # noqa: E402
 from dmcp import _C  # noqa: E402
 from dmcp.nn import Conv2d  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 MODELS = {"resnet50": (dict(type="ResNet", depth=50), 16),
           "mbv2": (dict(type="MobileNetV2", widen_factor=1.0), 32)}
@@ -51,23 +53,13 @@ def macs(s):
     return s.n * s.oc * oh * ow * (s.c // s.groups) * s.k * s.k, oh, ow
 
 
-def median_time(fn, reps):
-    fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
 def sgemm_gflops(reps, n=2048):
     """cblas_sgemm through dmcp's linear kernel (the OpenBLAS dmcp links)."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     out = np.empty((n, n), np.float32)
-    t = median_time(lambda: _C.linear_forward(out, a, b, None), reps)
+    t = median_seconds(lambda: _C.linear_forward(out, a, b, None), reps, warmup=1)
     return 2.0 * n ** 3 / t / 1e9
 
 
@@ -153,7 +145,7 @@ def main():
         tot = collections.Counter()
         for s, names in shapes.items():
             r = bench_shape(s, args.reps, torch)
-            g = f"dw" if s.groups > 1 else "1"
+            g = "dw" if s.groups > 1 else "1"
             row = (f"| {s.c}->{s.oc} {s.k}x{s.k} s{s.stride} {g} | {s.h}x{s.w} | "
                    + " | ".join(f"{r[k][0]:.1f} / {r[k][1]:.1f}" for k in ("fwd", "bdata", "bweight"))
                    + " | " + "/".join(f"{100 * r[k][0] / peak:.0f}" for k in ("fwd", "bdata", "bweight"))

@@ -9,7 +9,7 @@ import numpy as np
 from .config import _plain
 from .models import ImageClassifier, _check_keys, _strip_scope
 from .nn import KLDivergence
-from .units import Mutator, UserError, apply_subnet, budget_loss, load_subnet
+from .units import Mutator, UserError, budget_loss, load_subnet
 
 STRATEGIES = ("max", "min", "random", "direct", "scheduled_random", "arch_random")
 

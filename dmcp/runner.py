@@ -11,7 +11,6 @@ import numpy as np
 
 from . import algorithm
 from .algorithm import DMCP, build_algorithm_model
-from .config import Config
 from .nn import BatchNorm2d
 from .optim import (LRSchedule, build_optimizer, load_optimizer_state, optimizer_state,
                     param_groups)
