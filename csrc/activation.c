@@ -12,12 +12,19 @@ void relu_forward(float *out, const float *inp, size_t len, float cap)
     }
 }
 
-void relu_backward(float *dinp, const float *dout, const float *out, size_t len, float cap)
+void relu_backward(float *dinp, const float *dout, const float *out, size_t len, float cap,
+                   int accumulate)
 {
     const float hi = cap > 0.0f ? cap : 3.402823466e38f;
-    #pragma omp parallel for schedule(static) if (len > 32768)
-    for (size_t i = 0; i < len; i++)
-        dinp[i] += (out[i] > 0.0f && out[i] < hi) ? dout[i] : 0.0f;
+    if (accumulate) {
+        #pragma omp parallel for schedule(static) if (len > 32768)
+        for (size_t i = 0; i < len; i++)
+            dinp[i] += (out[i] > 0.0f && out[i] < hi) ? dout[i] : 0.0f;
+    } else {
+        #pragma omp parallel for schedule(static) if (len > 32768)
+        for (size_t i = 0; i < len; i++)
+            dinp[i] = (out[i] > 0.0f && out[i] < hi) ? dout[i] : 0.0f;
+    }
 }
 
 void add_forward(float *out, const float *a, const float *b, size_t len)

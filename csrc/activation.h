@@ -7,8 +7,10 @@
 /* out = min(max(inp, 0), cap); cap <= 0 means no upper bound (ReLU), 6 gives ReLU6.
  * out may alias inp. */
 void relu_forward(float *out, const float *inp, size_t len, float cap);
-/* dinp += dout where 0 < out < cap (out is the forward's output). */
-void relu_backward(float *dinp, const float *dout, const float *out, size_t len, float cap);
+/* dinp += dout where 0 < out < cap (out is the forward's output); with
+ * accumulate 0, dinp = that (dinp's old contents are not read). */
+void relu_backward(float *dinp, const float *dout, const float *out, size_t len, float cap,
+                   int accumulate);
 
 /* out = a + b (residual add). */
 void add_forward(float *out, const float *a, const float *b, size_t len);

@@ -72,7 +72,7 @@ dmcp_status batchnorm_forward_eval(float *out, const float *inp,
 dmcp_status batchnorm_backward(float *dinp, float *dgamma, float *dbeta,
                                const float *dout, const float *inp,
                                const float *mean, const float *invstd, const float *gamma,
-                               int n, int c, int hw, int train)
+                               int n, int c, int hw, int train, int accumulate)
 {
     const double count = (double)n * hw;
     #pragma omp parallel for schedule(static)
@@ -96,9 +96,16 @@ dmcp_status batchnorm_backward(float *dinp, float *dgamma, float *dbeta,
             const float *x = inp + ((size_t)b * c + ch) * hw;
             const float *dy = dout + ((size_t)b * c + ch) * hw;
             float *dx = dinp + ((size_t)b * c + ch) * hw;
-            for (int i = 0; i < hw; i++) {
-                const float xhat = (x[i] - m) * is;
-                dx[i] += g * (dy[i] - mdy - xhat * mdyx);
+            if (accumulate) {
+                for (int i = 0; i < hw; i++) {
+                    const float xhat = (x[i] - m) * is;
+                    dx[i] += g * (dy[i] - mdy - xhat * mdyx);
+                }
+            } else {
+                for (int i = 0; i < hw; i++) {
+                    const float xhat = (x[i] - m) * is;
+                    dx[i] = g * (dy[i] - mdy - xhat * mdyx);
+                }
             }
         }
     }

@@ -23,10 +23,11 @@ dmcp_status batchnorm_forward_eval(float *out, const float *inp,
 
 /* Backward of either mode: mean/invstd are the saved batch statistics
  * (train) or running_mean and 1/sqrt(running_var+eps) (eval, `train`=0).
- * Accumulates (+=) into dinp, dgamma[:c], dbeta[:c]; each may be NULL. */
+ * Accumulates (+=) into dinp, dgamma[:c], dbeta[:c]; each may be NULL.  With
+ * accumulate 0, dinp is overwritten instead (its old contents are not read). */
 dmcp_status batchnorm_backward(float *dinp, float *dgamma, float *dbeta,
                                const float *dout, const float *inp,
                                const float *mean, const float *invstd, const float *gamma,
-                               int n, int c, int hw, int train);
+                               int n, int c, int hw, int train, int accumulate);
 
 #endif

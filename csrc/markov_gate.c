@@ -52,7 +52,7 @@ void gate_forward(float *out, const float *inp, const float *P,
 
 /* dout, inp, dinp (N, C, HW); P, dP (ngroups) */
 void gate_backward(float *dinp, float *dP, const float *dout, const float *inp, const float *P,
-                   int n, int c, int hw, int m, int g, int ngroups)
+                   int n, int c, int hw, int m, int g, int ngroups, int accumulate)
 {
     if (dinp) {
         #pragma omp parallel for collapse(2) schedule(static)
@@ -62,7 +62,10 @@ void gate_backward(float *dinp, float *dP, const float *dout, const float *inp, 
                 const float s = (k < 0 || k >= ngroups) ? 1.0f : P[k];
                 const float *dy = dout + ((size_t)b * c + ch) * hw;
                 float *dx = dinp + ((size_t)b * c + ch) * hw;
-                for (int i = 0; i < hw; i++) dx[i] += dy[i] * s;
+                if (accumulate)
+                    for (int i = 0; i < hw; i++) dx[i] += dy[i] * s;
+                else
+                    for (int i = 0; i < hw; i++) dx[i] = dy[i] * s;
             }
         }
     }

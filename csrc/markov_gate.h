@@ -22,9 +22,10 @@ void markov_probs_backward(float *dalpha, const float *dP, const float *P, const
  * out may alias inp. */
 void gate_forward(float *out, const float *inp, const float *P,
                   int n, int c, int hw, int m, int g, int ngroups);
-/* dinp (N,C,HW) += dout * P;  dP[k] += sum over batch, block k, HW of inp * dout.
+/* dinp (N,C,HW) += dout * P (= with accumulate 0: dinp's old contents are not
+ * read);  dP[k] += sum over batch, block k, HW of inp * dout.
  * Either output may be NULL. */
 void gate_backward(float *dinp, float *dP, const float *dout, const float *inp, const float *P,
-                   int n, int c, int hw, int m, int g, int ngroups);
+                   int n, int c, int hw, int m, int g, int ngroups, int accumulate);
 
 #endif

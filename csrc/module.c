@@ -401,9 +401,9 @@ static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args)
 {
     const char *FN = "batchnorm_backward";
     PyObject *o_dinp, *o_dg, *o_db, *o_dout, *o_inp, *o_m, *o_is, *o_g;
-    int train, ok = 1;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOp", &o_dinp, &o_dg, &o_db, &o_dout, &o_inp, &o_m,
-                          &o_is, &o_g, &train)) return NULL;
+    int train, accumulate = 1, ok = 1;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOp|p", &o_dinp, &o_dg, &o_db, &o_dout, &o_inp, &o_m,
+                          &o_is, &o_g, &train, &accumulate)) return NULL;
     PyArrayObject *dinp = OPT(o_dinp, "dinp", 4, 1), *dg = OPT(o_dg, "dgamma", 1, 1),
                   *db = OPT(o_db, "dbeta", 1, 1), *g = OPT(o_g, "gamma", 1, 0);
     if (!ok) return NULL;
@@ -419,7 +419,7 @@ static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args)
     dmcp_status st;
     Py_BEGIN_ALLOW_THREADS
     st = batchnorm_backward(DATA(dinp), DATA(dg), DATA(db), DATA(dout), DATA(inp), DATA(m),
-                            DATA(is), DATA(g), n, c, hw, train);
+                            DATA(is), DATA(g), n, c, hw, train, accumulate);
     Py_END_ALLOW_THREADS
     if (status_error(st, FN)) return NULL;
     Py_RETURN_NONE;
@@ -448,7 +448,8 @@ static PyObject *py_relu_backward(PyObject *self, PyObject *args)
     const char *FN = "relu_backward";
     PyObject *o_dinp, *o_dout, *o_out;
     float cap = 0.0f;
-    if (!PyArg_ParseTuple(args, "OOO|f", &o_dinp, &o_dout, &o_out, &cap)) return NULL;
+    int accumulate = 1;
+    if (!PyArg_ParseTuple(args, "OOO|fp", &o_dinp, &o_dout, &o_out, &cap, &accumulate)) return NULL;
     PyArrayObject *dinp, *dout, *out;
     if (!(dinp = F32(o_dinp, "dinp", -1, 1)) || !(dout = F32(o_dout, "dout", -1, 0)) ||
         !(out = F32(o_out, "out", -1, 0))) return NULL;
@@ -456,7 +457,7 @@ static PyObject *py_relu_backward(PyObject *self, PyObject *args)
         return NULL;
     size_t len = PyArray_SIZE(out);
     Py_BEGIN_ALLOW_THREADS
-    relu_backward(DATA(dinp), DATA(dout), DATA(out), len, cap);
+    relu_backward(DATA(dinp), DATA(dout), DATA(out), len, cap, accumulate);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -964,8 +965,9 @@ static PyObject *py_gate_backward(PyObject *self, PyObject *args)
 {
     const char *FN = "gate_backward";
     PyObject *o_dinp, *o_dP, *o_dout, *o_inp, *o_P;
-    int m, g, n, c, hw, ok = 1;
-    if (!PyArg_ParseTuple(args, "OOOOOii", &o_dinp, &o_dP, &o_dout, &o_inp, &o_P, &m, &g))
+    int m, g, n, c, hw, accumulate = 1, ok = 1;
+    if (!PyArg_ParseTuple(args, "OOOOOii|p", &o_dinp, &o_dP, &o_dout, &o_inp, &o_P, &m, &g,
+                          &accumulate))
         return NULL;
     PyArrayObject *dinp = OPT(o_dinp, "dinp", 4, 1), *dP = OPT(o_dP, "dP", 1, 1);
     if (!ok) return NULL;
@@ -976,7 +978,8 @@ static PyObject *py_gate_backward(PyObject *self, PyObject *args)
         !same_shape(dP, P, FN, "dP", "P") || !gate_check(FN, inp, P, m, g, &n, &c, &hw))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-    gate_backward(DATA(dinp), DATA(dP), DATA(dout), DATA(inp), DATA(P), n, c, hw, m, g, DIM(P, 0));
+    gate_backward(DATA(dinp), DATA(dP), DATA(dout), DATA(inp), DATA(P), n, c, hw, m, g, DIM(P, 0),
+                  accumulate);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -1336,9 +1339,11 @@ static PyMethodDef methods[] = {
     {"batchnorm_forward_eval", py_batchnorm_forward_eval, METH_VARARGS,
      "batchnorm_forward_eval(out, inp, gamma, beta, running_mean, running_var, eps)"},
     {"batchnorm_backward", py_batchnorm_backward, METH_VARARGS,
-     "batchnorm_backward(dinp, dgamma, dbeta, dout, inp, mean, invstd, gamma, train); accumulates"},
+     "batchnorm_backward(dinp, dgamma, dbeta, dout, inp, mean, invstd, gamma, train, accumulate=True); "
+     "accumulates (dinp overwritten with accumulate=False)"},
     {"relu_forward", py_relu_forward, METH_VARARGS, "relu_forward(out, inp, cap=0); cap 6 for ReLU6"},
-    {"relu_backward", py_relu_backward, METH_VARARGS, "relu_backward(dinp, dout, out, cap=0); accumulates"},
+    {"relu_backward", py_relu_backward, METH_VARARGS, "relu_backward(dinp, dout, out, cap=0, accumulate=True); accumulates "
+     "(overwrites with accumulate=False)"},
     {"add_forward", py_add_forward, METH_VARARGS, "add_forward(out, a, b)"},
     {"add_backward", py_add_backward, METH_VARARGS, "add_backward(dinp, dout); accumulates"},
     {"dropout_forward", py_dropout_forward, METH_VARARGS, "dropout_forward(out, mask, inp, p, seed)"},
@@ -1375,7 +1380,8 @@ static PyMethodDef methods[] = {
      "markov_probs_backward(dalpha, dP, P, alpha, prob_type); accumulates"},
     {"gate_forward", py_gate_forward, METH_VARARGS, "gate_forward(out, inp, P, min_ch, group_size)"},
     {"gate_backward", py_gate_backward, METH_VARARGS,
-     "gate_backward(dinp, dP, dout, inp, P, min_ch, group_size); accumulates"},
+     "gate_backward(dinp, dP, dout, inp, P, min_ch, group_size, accumulate=True); accumulates "
+     "(dinp overwritten with accumulate=False)"},
     {"flops_of_widths", py_flops_of_widths, METH_VARARGS,
      "flops_of_widths(widths_f64, terms_f64 (T,5), dwidths=None) -> MACs"},
     {"flops_expected", py_flops_expected, METH_VARARGS,

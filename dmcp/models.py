@@ -36,8 +36,8 @@ class Gate(Module):
         if self._inp is None:
             return dout
         u = self._unit
-        dinp = np.zeros_like(dout)
-        _C.gate_backward(dinp, u.dP, dout, self._inp, u.P, u.min_ch, u.group_size)
+        dinp = np.empty_like(dout)
+        _C.gate_backward(dinp, u.dP, dout, self._inp, u.P, u.min_ch, u.group_size, False)
         return dinp
 
 

@@ -220,10 +220,10 @@ class BatchNorm2d(Module):
 
     def backward(self, dout):
         x, mean, invstd, train = self._cache
-        dinp = np.zeros_like(x)
+        dinp = np.empty_like(x)
         _C.batchnorm_backward(dinp, _grad(self.weight), _grad(self.bias),
                               _f32(dout, "BatchNorm2d dout"), x, mean, invstd,
-                              None if self.weight is None else self.weight.data, train)
+                              None if self.weight is None else self.weight.data, train, False)
         return dinp
 
 
@@ -241,8 +241,8 @@ class ReLU(Module):
         return out
 
     def backward(self, dout):
-        dinp = np.zeros_like(self._out)
-        _C.relu_backward(dinp, _f32(dout, "ReLU dout"), self._out, self.cap)
+        dinp = np.empty_like(self._out)
+        _C.relu_backward(dinp, _f32(dout, "ReLU dout"), self._out, self.cap, False)
         return dinp
 
 

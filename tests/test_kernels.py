@@ -343,6 +343,28 @@ def test_relu_vs_torch(cap, rng, close):
     inplace = x.copy()                           # out may alias inp
     C.relu_forward(inplace, inplace, cap)
     close(inplace, out, "relu", rtol=0, atol=0)
+    over = np.full_like(x, np.nan)               # accumulate=False overwrites, reads nothing
+    C.relu_backward(over, dout, out, cap, False)
+    close(over, npy(xt.grad), "relu", rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_batchnorm_backward_overwrite(train, rng, close):
+    """accumulate=False: dinp = the gradient whatever it held (NaN here); the
+    parameter gradients still accumulate."""
+    shape = (3, 5, 6, 7)
+    x, gamma, _, _, _, dout = bn_data(rng, shape, 7)
+    mean = x.mean(axis=(0, 2, 3)).astype(f32)
+    invstd = (1 / np.sqrt(x.var(axis=(0, 2, 3)) + 1e-5)).astype(f32)
+    want_dx = np.zeros_like(x)
+    want_dg, want_db = np.ones(7, f32), np.ones(7, f32)
+    C.batchnorm_backward(want_dx, want_dg, want_db, dout, x, mean, invstd, gamma, train)
+    dx = np.full_like(x, np.nan)
+    dg, db = np.ones(7, f32), np.ones(7, f32)
+    C.batchnorm_backward(dx, dg, db, dout, x, mean, invstd, gamma, train, False)
+    close(dx, want_dx, "batchnorm overwrite dinp", rtol=0, atol=0)
+    close(dg, want_dg, "batchnorm overwrite dgamma", rtol=0, atol=0)
+    close(db, want_db, "batchnorm overwrite dbeta", rtol=0, atol=0)
 
 
 def test_relu_default_cap_and_large(rng, close):
@@ -642,6 +664,9 @@ def test_gate_vs_torch(n, m, g, ng, h, w, rng, close):
     C.gate_backward(None, dP2, dout, x, P, m, g)          # optional outputs
     C.gate_backward(None, dP2, dout, x, P, m, g)
     close(dP2, 2 * dP, "gate dP", rtol=1e-6, atol=0)
+    over = np.full_like(x, np.nan)                       # accumulate=False overwrites dinp
+    C.gate_backward(over, None, dout, x, P, m, g, False)
+    close(over, dx, "gate dinp", rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- expected FLOPs
