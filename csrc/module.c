@@ -326,14 +326,60 @@ static int check_vec(PyArrayObject *v, const char *fn, const char *name, int c)
     return check_bias(v, fn, name, c);
 }
 
-static PyObject *py_batchnorm_forward_train(PyObject *self, PyObject *args)
+/* The keyword-only epilogue of the batchnorm calls: P (gate values, full unit
+ * width), dP (backward), min_ch, group_size, act (None, 0 = ReLU, cap).
+ * Fills *ep and returns it, NULL for plain BN, or sets *ok = 0 on an error. */
+static const bn_epilogue *parse_epilogue(const char *fn, PyObject *o_P, PyObject *o_dP,
+                                         int m, int g, PyObject *o_act, int c,
+                                         bn_epilogue *ep, int *ok)
+{
+    *ep = (bn_epilogue){NULL, NULL, 0, 1, 0, -1.0f};
+    if (o_act && o_act != Py_None) {
+        const double act = PyFloat_AsDouble(o_act);
+        if (act == -1.0 && PyErr_Occurred()) { *ok = 0; return NULL; }
+        if (!(act >= 0.0)) {
+            PyErr_Format(PyExc_ValueError, "%s: act must be None, 0 (ReLU) or a positive cap, "
+                         "got %R", fn, o_act);
+            *ok = 0;
+            return NULL;
+        }
+        ep->act = (float)act;
+    }
+    PyArrayObject *P = o_P ? opt_array(o_P, fn, "P", 1, 0, ok) : NULL;
+    PyArrayObject *dP = o_dP ? opt_array(o_dP, fn, "dP", 1, 1, ok) : NULL;
+    if (!*ok) return NULL;
+    if (dP && !P) {
+        PyErr_Format(PyExc_ValueError, "%s: 'dP' needs 'P'", fn);
+        *ok = 0;
+        return NULL;
+    }
+    if (P) {
+        const int ng = DIM(P, 0);
+        if (m < 0 || g < 1 || (long)m + (long)ng * g != c) {
+            PyErr_Format(PyExc_ValueError, "%s: argument 'inp' has %d channels but argument 'P' "
+                         "describes min_ch %d + %d groups x group_size %d (gates run at full "
+                         "width)", fn, c, m, ng, g);
+            *ok = 0;
+            return NULL;
+        }
+        if (!same_shape(dP, P, fn, "dP", "P")) { *ok = 0; return NULL; }
+        ep->P = DATA(P); ep->dP = DATA(dP); ep->m = m; ep->g = g; ep->ngroups = ng;
+    }
+    return (P || ep->act >= 0.0f) ? ep : NULL;
+}
+
+static PyObject *py_batchnorm_forward_train(PyObject *self, PyObject *args, PyObject *kw)
 {
     const char *FN = "batchnorm_forward_train";
-    PyObject *o_out, *o_sm, *o_si, *o_rm, *o_rv, *o_inp, *o_g, *o_b;
+    static char *kwlist[] = {"out", "save_mean", "save_invstd", "running_mean", "running_var",
+                             "inp", "gamma", "beta", "momentum", "eps", "P", "min_ch",
+                             "group_size", "act", NULL};
+    PyObject *o_out, *o_sm, *o_si, *o_rm, *o_rv, *o_inp, *o_g, *o_b, *o_P = NULL, *o_act = NULL;
     float momentum, eps;
-    int ok = 1;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOff", &o_out, &o_sm, &o_si, &o_rm, &o_rv, &o_inp,
-                          &o_g, &o_b, &momentum, &eps)) return NULL;
+    int m = 0, gs = 1, ok = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOOff|$OiiO", kwlist, &o_out, &o_sm, &o_si,
+                                     &o_rm, &o_rv, &o_inp, &o_g, &o_b, &momentum, &eps, &o_P,
+                                     &m, &gs, &o_act)) return NULL;
     PyArrayObject *out, *sm, *si, *rm, *rv, *inp, *g, *b;
     if (!(out = F32(o_out, "out", 4, 1)) || !(sm = F32(o_sm, "save_mean", 1, 1)) ||
         !(si = F32(o_si, "save_invstd", 1, 1)) || !(rm = F32(o_rm, "running_mean", 1, 1)) ||
@@ -361,22 +407,28 @@ static PyObject *py_batchnorm_forward_train(PyObject *self, PyObject *args)
         PyErr_Format(PyExc_ValueError, "%s: eps must be > 0", FN);
         return NULL;
     }
+    bn_epilogue epv;
+    const bn_epilogue *ep = parse_epilogue(FN, o_P, NULL, m, gs, o_act, c, &epv, &ok);
+    if (!ok) return NULL;
     dmcp_status st;
     Py_BEGIN_ALLOW_THREADS
     st = batchnorm_forward_train(DATA(out), DATA(sm), DATA(si), DATA(rm), DATA(rv), DATA(inp),
-                                 DATA(g), DATA(b), n, c, hw, momentum, eps);
+                                 DATA(g), DATA(b), n, c, hw, momentum, eps, ep);
     Py_END_ALLOW_THREADS
     if (status_error(st, FN)) return NULL;
     Py_RETURN_NONE;
 }
 
-static PyObject *py_batchnorm_forward_eval(PyObject *self, PyObject *args)
+static PyObject *py_batchnorm_forward_eval(PyObject *self, PyObject *args, PyObject *kw)
 {
     const char *FN = "batchnorm_forward_eval";
-    PyObject *o_out, *o_inp, *o_g, *o_b, *o_rm, *o_rv;
+    static char *kwlist[] = {"out", "inp", "gamma", "beta", "running_mean", "running_var", "eps",
+                             "P", "min_ch", "group_size", "act", NULL};
+    PyObject *o_out, *o_inp, *o_g, *o_b, *o_rm, *o_rv, *o_P = NULL, *o_act = NULL;
     float eps;
-    int ok = 1;
-    if (!PyArg_ParseTuple(args, "OOOOOOf", &o_out, &o_inp, &o_g, &o_b, &o_rm, &o_rv, &eps))
+    int m = 0, gs = 1, ok = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOf|$OiiO", kwlist, &o_out, &o_inp, &o_g,
+                                     &o_b, &o_rm, &o_rv, &eps, &o_P, &m, &gs, &o_act))
         return NULL;
     PyArrayObject *out, *inp, *g, *b, *rm, *rv;
     if (!(out = F32(o_out, "out", 4, 1)) || !(inp = F32(o_inp, "inp", 4, 0)) ||
@@ -388,24 +440,34 @@ static PyObject *py_batchnorm_forward_eval(PyObject *self, PyObject *args)
     const int n = DIM(inp, 0), c = DIM(inp, 1), hw = DIM(inp, 2) * DIM(inp, 3);
     if (!check_vec(rm, FN, "running_mean", c) || !check_vec(rv, FN, "running_var", c) ||
         !check_vec(g, FN, "gamma", c) || !check_vec(b, FN, "beta", c)) return NULL;
+    bn_epilogue epv;
+    const bn_epilogue *ep = parse_epilogue(FN, o_P, NULL, m, gs, o_act, c, &epv, &ok);
+    if (!ok) return NULL;
     dmcp_status st;
     Py_BEGIN_ALLOW_THREADS
     st = batchnorm_forward_eval(DATA(out), DATA(inp), DATA(g), DATA(b), DATA(rm), DATA(rv),
-                                n, c, hw, eps);
+                                n, c, hw, eps, ep);
     Py_END_ALLOW_THREADS
     if (status_error(st, FN)) return NULL;
     Py_RETURN_NONE;
 }
 
-static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args)
+static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args, PyObject *kw)
 {
     const char *FN = "batchnorm_backward";
+    static char *kwlist[] = {"dinp", "dgamma", "dbeta", "dout", "inp", "mean", "invstd", "gamma",
+                             "train", "accumulate", "beta", "P", "dP", "min_ch", "group_size",
+                             "act", NULL};
     PyObject *o_dinp, *o_dg, *o_db, *o_dout, *o_inp, *o_m, *o_is, *o_g;
-    int train, accumulate = 1, ok = 1;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOp|p", &o_dinp, &o_dg, &o_db, &o_dout, &o_inp, &o_m,
-                          &o_is, &o_g, &train, &accumulate)) return NULL;
+    PyObject *o_b = Py_None, *o_P = NULL, *o_dP = NULL, *o_act = NULL;
+    int train, accumulate = 1, m0 = 0, gs = 1, ok = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOOp|p$OOOiiO", kwlist, &o_dinp, &o_dg,
+                                     &o_db, &o_dout, &o_inp, &o_m, &o_is, &o_g, &train,
+                                     &accumulate, &o_b, &o_P, &o_dP, &m0, &gs, &o_act))
+        return NULL;
     PyArrayObject *dinp = OPT(o_dinp, "dinp", 4, 1), *dg = OPT(o_dg, "dgamma", 1, 1),
-                  *db = OPT(o_db, "dbeta", 1, 1), *g = OPT(o_g, "gamma", 1, 0);
+                  *db = OPT(o_db, "dbeta", 1, 1), *g = OPT(o_g, "gamma", 1, 0),
+                  *b = OPT(o_b, "beta", 1, 0);
     if (!ok) return NULL;
     PyArrayObject *dout, *inp, *m, *is;
     if (!(dout = F32(o_dout, "dout", 4, 0)) || !(inp = F32(o_inp, "inp", 4, 0)) ||
@@ -414,12 +476,15 @@ static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args)
         return NULL;
     const int n = DIM(inp, 0), c = DIM(inp, 1), hw = DIM(inp, 2) * DIM(inp, 3);
     if (!check_vec(m, FN, "mean", c) || !check_vec(is, FN, "invstd", c) ||
-        !check_vec(g, FN, "gamma", c) || !check_vec(dg, FN, "dgamma", c) ||
-        !check_vec(db, FN, "dbeta", c)) return NULL;
+        !check_vec(g, FN, "gamma", c) || !check_vec(b, FN, "beta", c) ||
+        !check_vec(dg, FN, "dgamma", c) || !check_vec(db, FN, "dbeta", c)) return NULL;
+    bn_epilogue epv;
+    const bn_epilogue *ep = parse_epilogue(FN, o_P, o_dP, m0, gs, o_act, c, &epv, &ok);
+    if (!ok) return NULL;
     dmcp_status st;
     Py_BEGIN_ALLOW_THREADS
     st = batchnorm_backward(DATA(dinp), DATA(dg), DATA(db), DATA(dout), DATA(inp), DATA(m),
-                            DATA(is), DATA(g), n, c, hw, train, accumulate);
+                            DATA(is), DATA(g), DATA(b), n, c, hw, train, accumulate, ep);
     Py_END_ALLOW_THREADS
     if (status_error(st, FN)) return NULL;
     Py_RETURN_NONE;
@@ -1334,13 +1399,21 @@ static PyMethodDef methods[] = {
     {"conv2d_backward", py_conv2d_backward, METH_VARARGS,
      "conv2d_backward(dinp, dweight, dbias, dout, inp, weight, sh, sw, ph, pw, dh, dw, groups); accumulates"},
     {"conv2d_backward_naive", py_conv2d_backward_naive, METH_VARARGS, "direct-loop conv2d_backward"},
-    {"batchnorm_forward_train", py_batchnorm_forward_train, METH_VARARGS,
-     "batchnorm_forward_train(out, save_mean, save_invstd, running_mean, running_var, inp, gamma, beta, momentum, eps)"},
-    {"batchnorm_forward_eval", py_batchnorm_forward_eval, METH_VARARGS,
-     "batchnorm_forward_eval(out, inp, gamma, beta, running_mean, running_var, eps)"},
-    {"batchnorm_backward", py_batchnorm_backward, METH_VARARGS,
-     "batchnorm_backward(dinp, dgamma, dbeta, dout, inp, mean, invstd, gamma, train, accumulate=True); "
-     "accumulates (dinp overwritten with accumulate=False)"},
+    {"batchnorm_forward_train", (PyCFunction)(void (*)(void))py_batchnorm_forward_train,
+     METH_VARARGS | METH_KEYWORDS,
+     "batchnorm_forward_train(out, save_mean, save_invstd, running_mean, running_var, inp, gamma, "
+     "beta, momentum, eps, *, P=None, min_ch=0, group_size=1, act=None); with P the output's "
+     "channel block k is scaled by P[k] (Markov gate), act 0 applies ReLU, act > 0 ReLU capped at act"},
+    {"batchnorm_forward_eval", (PyCFunction)(void (*)(void))py_batchnorm_forward_eval,
+     METH_VARARGS | METH_KEYWORDS,
+     "batchnorm_forward_eval(out, inp, gamma, beta, running_mean, running_var, eps, *, P=None, "
+     "min_ch=0, group_size=1, act=None)"},
+    {"batchnorm_backward", (PyCFunction)(void (*)(void))py_batchnorm_backward,
+     METH_VARARGS | METH_KEYWORDS,
+     "batchnorm_backward(dinp, dgamma, dbeta, dout, inp, mean, invstd, gamma, train, "
+     "accumulate=True, *, beta=None, P=None, dP=None, min_ch=0, group_size=1, act=None); "
+     "backward through the forward's gate and activation; accumulates into dgamma, dbeta, dP "
+     "and (accumulate=True) dinp"},
     {"relu_forward", py_relu_forward, METH_VARARGS, "relu_forward(out, inp, cap=0); cap 6 for ReLU6"},
     {"relu_backward", py_relu_backward, METH_VARARGS, "relu_backward(dinp, dout, out, cap=0, accumulate=True); accumulates "
      "(overwrites with accumulate=False)"},

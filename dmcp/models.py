@@ -15,30 +15,22 @@ from .nn import (BatchNorm2d, Conv2d, CrossEntropyLoss, GlobalAvgPool, Linear, M
 from .units import ChannelUnit, UserError
 
 
-class Gate(Module):
-    """Scales channel block k of its input by the unit's P_k when the unit's gate is on."""
+class NormGateAct(Module):
+    """A layer's BN, its unit's Markov gate (when the architecture step switches
+    it on) and its activation (None, 0.0 ReLU, 6.0 ReLU6), run as one C pass
+    each way.  Holds no parameters of its own: they stay in ``bn`` (its mmcls
+    name) and in the unit."""
 
-    def __init__(self, unit):
-        self._unit = unit
-        self._inp = None
+    def __init__(self, bn, unit, act=None):
+        self._bn, self._unit, self._act = bn, unit, act
 
     def forward(self, x):
         u = self._unit
-        if not u.gate_on:
-            self._inp = None
-            return x
-        out = np.empty_like(x)
-        _C.gate_forward(out, x, u.P, u.min_ch, u.group_size)
-        self._inp = x
-        return out
+        gate = (u.P, u.dP, u.min_ch, u.group_size) if u is not None and u.gate_on else None
+        return self._bn.forward(x, gate=gate, act=self._act)
 
     def backward(self, dout):
-        if self._inp is None:
-            return dout
-        u = self._unit
-        dinp = np.empty_like(dout)
-        _C.gate_backward(dinp, u.dP, dout, self._inp, u.P, u.min_ch, u.group_size, False)
-        return dinp
+        return self._bn.backward(dout)
 
 
 def _forward(ops, x):
@@ -98,9 +90,7 @@ class ConvModule(Module):
         self.conv = book.conv(in_unit, out_unit, kernel, stride, padding, in_channels=in_channels,
                               depthwise=depthwise)
         self.bn = BatchNorm2d(out_unit.num_channels)
-        self._ops = [self.conv, self.bn, Gate(out_unit)]
-        if act_cap is not None:
-            self._ops.append(ReLU(act_cap))
+        self._ops = [self.conv, NormGateAct(self.bn, out_unit, act_cap)]
 
     def forward(self, x):
         return _forward(self._ops, x)
@@ -132,7 +122,7 @@ class _ResidualBlock(Module):
     def _make_down(self, book, in_unit, res_unit, stride):
         self.downsample = [book.conv(in_unit, res_unit, 1, stride),
                            BatchNorm2d(res_unit.num_channels)]
-        self._down = self.downsample + [Gate(res_unit)]
+        self._down = [self.downsample[0], NormGateAct(self.downsample[1], res_unit)]
 
 
 class BasicBlock(_ResidualBlock):
@@ -145,7 +135,8 @@ class BasicBlock(_ResidualBlock):
         self.conv2 = book.conv(u1, res_unit, 3, 1, 1)
         self.bn2 = BatchNorm2d(res_unit.num_channels)
         self.downsample = None
-        self._main = [self.conv1, self.bn1, Gate(u1), ReLU(), self.conv2, self.bn2, Gate(res_unit)]
+        self._main = [self.conv1, NormGateAct(self.bn1, u1, 0.0), self.conv2,
+                      NormGateAct(self.bn2, res_unit)]
         self._down = None
         if downsample:
             self._make_down(book, in_unit, res_unit, stride)
@@ -166,8 +157,8 @@ class Bottleneck(_ResidualBlock):
         self.conv3 = book.conv(u2, res_unit, 1)
         self.bn3 = BatchNorm2d(res_unit.num_channels)
         self.downsample = None
-        self._main = [self.conv1, self.bn1, Gate(u1), ReLU(), self.conv2, self.bn2, Gate(u2), ReLU(),
-                      self.conv3, self.bn3, Gate(res_unit)]
+        self._main = [self.conv1, NormGateAct(self.bn1, u1, 0.0), self.conv2,
+                      NormGateAct(self.bn2, u2, 0.0), self.conv3, NormGateAct(self.bn3, res_unit)]
         self._down = None
         if downsample:
             self._make_down(book, in_unit, res_unit, stride)
@@ -233,7 +224,7 @@ class ResNet(_Backbone):
         else:
             self.conv1 = book.conv(None, stem_unit, 7, 2, 3, in_channels=in_channels)
         self.bn1 = BatchNorm2d(stem_unit.num_channels)
-        self._ops = [self.conv1, self.bn1, Gate(stem_unit), ReLU()]
+        self._ops = [self.conv1, NormGateAct(self.bn1, stem_unit, 0.0)]
         if not small_input:
             self._ops.append(MaxPool2d(3, 2, 1))
         in_unit, inplanes = stem_unit, stem

@@ -181,7 +181,12 @@ class Conv2d(Module):
 
 
 class BatchNorm2d(Module):
-    """Batch normalisation over (N, H, W); runs on the input's first channels."""
+    """Batch normalisation over (N, H, W); runs on the input's first channels.
+
+    ``forward(x, gate, act)`` can also apply what follows BN in a DMCP layer in
+    the same memory pass: ``gate`` (P, dP, min_ch, group_size) scales channel
+    block k by P[k] (a unit's Markov gate; backward adds into dP) and ``act``
+    is None, 0.0 (ReLU) or a cap (6.0: ReLU6), applied after the gate."""
 
     _buffers = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -195,7 +200,7 @@ class BatchNorm2d(Module):
         self.track_running_stats = True
         self._cache = None
 
-    def forward(self, x):
+    def forward(self, x, gate=None, act=None):
         x = _f32(x, "BatchNorm2d input")
         if x.ndim != 4 or x.shape[1] > self.num_features:
             raise ValueError(f"BatchNorm2d({self.num_features}) got input of shape {x.shape}")
@@ -203,27 +208,33 @@ class BatchNorm2d(Module):
         out = np.empty_like(x)
         gamma = None if self.weight is None else self.weight.data
         beta = None if self.bias is None else self.bias.data
+        P, dP, min_ch, group_size = gate if gate is not None else (None, None, 0, 1)
+        epilogue = dict(P=P, min_ch=min_ch, group_size=group_size, act=act)
         if self.training:
             mean = np.empty(c, np.float32)
             invstd = np.empty(c, np.float32)
             momentum = self.momentum if self.track_running_stats else -1.0
             _C.batchnorm_forward_train(out, mean, invstd, self.running_mean, self.running_var,
-                                       x, gamma, beta, momentum, self.eps)
+                                       x, gamma, beta, momentum, self.eps, **epilogue)
             if self.track_running_stats:
                 self.num_batches_tracked += 1
-            self._cache = (x, mean, invstd, True)
         else:
-            _C.batchnorm_forward_eval(out, x, gamma, beta, self.running_mean, self.running_var, self.eps)
-            invstd = (1.0 / np.sqrt(self.running_var[:c] + self.eps)).astype(np.float32)
-            self._cache = (x, self.running_mean[:c].copy(), invstd, False)
+            _C.batchnorm_forward_eval(out, x, gamma, beta, self.running_mean, self.running_var,
+                                      self.eps, **epilogue)
+            mean = self.running_mean[:c].copy()
+            # float32 arithmetic, as the kernel's, so backward sees the forward's exact values
+            invstd = np.float32(1.0) / np.sqrt(self.running_var[:c] + np.float32(self.eps))
+        # beta is read again in backward: the gate and activation depend on it
+        self._cache = (x, mean, invstd, self.training, dict(epilogue, dP=dP))
         return out
 
     def backward(self, dout):
-        x, mean, invstd, train = self._cache
+        x, mean, invstd, train, epilogue = self._cache
         dinp = np.empty_like(x)
         _C.batchnorm_backward(dinp, _grad(self.weight), _grad(self.bias),
                               _f32(dout, "BatchNorm2d dout"), x, mean, invstd,
-                              None if self.weight is None else self.weight.data, train, False)
+                              None if self.weight is None else self.weight.data, train, False,
+                              beta=None if self.bias is None else self.bias.data, **epilogue)
         return dinp
 
 

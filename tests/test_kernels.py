@@ -325,6 +325,99 @@ def test_batchnorm_eval_vs_torch(shape, rng, close):
     assert not dg[c:].any() and not db[c:].any()
 
 
+# BN with a fused epilogue: the unit's gate and the activation that follow BN
+# in every DMCP layer.  (n, min_ch, group_size, ngroups, h, w); c = m + ng*g.
+EPILOGUE_CASES = [(2, 1, 2, 3, 3, 4), (1, 0, 3, 2, 5, 5), (3, 2, 1, 4, 1, 1), (2, 4, 4, 0, 2, 3)]
+
+
+def torch_bn_epilogue(xt, rm, rv, gt, bt, Pt, m, g, act, train, eps):
+    y = F.batch_norm(xt, rm, rv, gt, bt, training=train, momentum=0.1, eps=eps)
+    if Pt is not None:
+        y = torch_gate(y, Pt, m, g)
+    if act is None:
+        return y
+    return F.hardtanh(y, 0.0, act) if act else F.relu(y)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("act", [None, 0.0, 6.0], ids=["noact", "relu", "relu6"])
+@pytest.mark.parametrize("gated", [True, False], ids=["gate", "nogate"])
+@pytest.mark.parametrize("n,m,g,ng,h,w", EPILOGUE_CASES)
+def test_batchnorm_epilogue_vs_torch(n, m, g, ng, h, w, gated, act, train, rng, close):
+    c, eps = m + ng * g, 1e-5
+    cf = c + 2                                     # parameter buffers longer than c
+    x, _, beta, rm, rv, dout = bn_data(rng, (n, c, h, w), cf)
+    gamma = rng.uniform(0.5, 4.0, cf).astype(f32)  # wide enough that ReLU6 caps some values
+    P = rng.uniform(0.2, 1.0, ng).astype(f32) if gated else None
+    ep = dict(P=P, min_ch=m, group_size=g, act=act)
+    rm0, rv0 = rm.copy(), rv.copy()
+    out = np.empty_like(x)
+    if train:
+        mean, invstd = np.empty(c, f32), np.empty(c, f32)
+        C.batchnorm_forward_train(out, mean, invstd, rm, rv, x, gamma, beta, 0.1, eps, **ep)
+    else:
+        C.batchnorm_forward_eval(out, x, gamma, beta, rm, rv, eps, **ep)
+        mean = rm[:c].copy()
+        invstd = f32(1.0) / np.sqrt(rv[:c] + f32(eps))
+    xt, gt, bt = T(x, True), T(gamma[:c], True), T(beta[:c], True)
+    Pt = T(P, True) if gated else None
+    rmt, rvt = T(rm0[:c]), T(rv0[:c])
+    y = torch_bn_epilogue(xt, rmt, rvt, gt, bt, Pt, m, g, act, train, eps)
+    close(out, npy(y), "batchnorm epilogue out")
+    if train:
+        close(rm[:c], npy(rmt), "batchnorm epilogue running_mean")
+        close(rv[:c], npy(rvt), "batchnorm epilogue running_var")
+
+    dx = np.full_like(x, np.nan)                   # overwritten, never read
+    dg, db = np.ones(cf, f32), np.ones(cf, f32)    # accumulate onto 1
+    dP = np.ones(ng, f32) if gated else None
+    C.batchnorm_backward(dx, dg, db, dout, x, mean, invstd, gamma, train, False, beta=beta,
+                         dP=dP, **ep)
+    y.backward(T(dout))
+    close(dx, npy(xt.grad), "batchnorm epilogue dinp", atol=1e-4)
+    close(dg[:c], 1 + npy(gt.grad), "batchnorm epilogue dgamma")
+    close(db[:c], 1 + npy(bt.grad), "batchnorm epilogue dbeta")
+    assert np.all(dg[c:] == 1) and np.all(db[c:] == 1)
+    if gated and ng:
+        close(dP, 1 + npy(Pt.grad), "batchnorm epilogue dP")
+    dx2 = np.ones_like(x)                          # accumulate=True adds onto dinp
+    C.batchnorm_backward(dx2, None, None, dout, x, mean, invstd, gamma, train, True, beta=beta,
+                         **ep)
+    close(dx2, 1 + dx, "batchnorm epilogue dinp accumulate", rtol=1e-6, atol=1e-6)
+
+
+def test_batchnorm_epilogue_plain_equals_unfused(rng, close):
+    """No gate, no act: the keyword path is plain BN; gate and act compose as
+    the separate kernels do."""
+    x, gamma, beta, rm, rv, dout = bn_data(rng, (2, 7, 5, 6), 7)
+    P = rng.uniform(0.2, 1.0, 3).astype(f32)
+    mean, invstd = np.empty(7, f32), np.empty(7, f32)
+    plain, fused = np.empty_like(x), np.empty_like(x)
+    C.batchnorm_forward_train(plain, mean, invstd, rm, rv, x, gamma, beta, -1.0, 1e-5)
+    C.batchnorm_forward_train(fused, mean, invstd, rm, rv, x, gamma, beta, -1.0, 1e-5,
+                              P=P, min_ch=1, group_size=2, act=6.0)
+    gated, want = np.empty_like(x), np.empty_like(x)
+    C.gate_forward(gated, plain, P, 1, 2)
+    C.relu_forward(want, gated, 6.0)
+    close(fused, want, "batchnorm fused vs unfused", rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_epilogue_bad_input(rng):
+    x, gamma, beta, rm, rv, _ = bn_data(rng, (2, 7, 3, 3), 7)
+    out, mean, invstd = np.empty_like(x), np.empty(7, f32), np.empty(7, f32)
+    args = (out, mean, invstd, rm, rv, x, gamma, beta, 0.1, 1e-5)
+    with pytest.raises(ValueError, match="min_ch 1 \\+ 2 groups x group_size 2"):
+        C.batchnorm_forward_train(*args, P=np.ones(2, f32), min_ch=1, group_size=2)
+    with pytest.raises(ValueError, match="act must be None, 0"):
+        C.batchnorm_forward_train(*args, act=-1.0)
+    with pytest.raises(TypeError, match="'P' must have dtype float32"):
+        C.batchnorm_forward_train(*args, P=np.ones(3, np.float64), min_ch=1, group_size=2)
+    with pytest.raises(ValueError, match="'dP' needs 'P'"):
+        C.batchnorm_backward(None, None, None, x, x, mean, invstd, gamma, True, dP=np.ones(3, f32))
+    with pytest.raises(TypeError):
+        C.batchnorm_forward_train(*args, bogus=1)
+
+
 # ---------------------------------------------------------------- elementwise
 
 @pytest.mark.parametrize("cap", [0.0, 6.0], ids=["relu", "relu6"])
@@ -860,6 +953,29 @@ def test_fd_gate_and_markov_probs(prob_type, rng, close):
     fd_check(loss, [x, alpha], [dx, da], close, "fd gate+markov")
 
 
+def test_fd_batchnorm_gated(rng, close):
+    """BN + gate (with its Markov probabilities) in one kernel, in training mode."""
+    m, g, ng = 1, 2, 2
+    x, gamma, beta, rm, rv, R = bn_data(rng, (2, m + ng * g, 2, 2), m + ng * g)
+    alpha = np.array([0.6, -0.9], f32)
+    P, out = np.empty(ng, f32), np.empty_like(x)
+    sm, si = np.empty(x.shape[1], f32), np.empty(x.shape[1], f32)
+
+    def loss():
+        C.markov_probs_forward(P, alpha, 0)
+        C.batchnorm_forward_train(out, sm, si, rm, rv, x, gamma, beta, -1.0, 1e-5,
+                                  P=P, min_ch=m, group_size=g)
+        return float((out.astype(np.float64) * R).sum())
+
+    loss()
+    dx, dg, db = np.zeros_like(x), np.zeros_like(gamma), np.zeros_like(beta)
+    dP, da = np.zeros(ng, f32), np.zeros(ng, f32)
+    C.batchnorm_backward(dx, dg, db, R, x, sm.copy(), si.copy(), gamma, True, beta=beta,
+                         P=P, dP=dP, min_ch=m, group_size=g)
+    C.markov_probs_backward(da, dP, P, alpha, 0)
+    fd_check(loss, [x, gamma, beta, alpha], [dx, dg, db, da], close, "fd batchnorm gated")
+
+
 @pytest.mark.parametrize("prob_type", [0, 1], ids=["sigmoid", "exp"])
 def test_fd_flops_expected(prob_type, rng, close):
     alpha = rng.uniform(-2, 2, 9).astype(f32)
@@ -921,6 +1037,14 @@ THREAD_SCRIPT = textwrap.dedent("""
     bdx, bdg, bdb = np.zeros_like(x), np.zeros(8, f32), np.zeros(8, f32)
     C.batchnorm_backward(bdx, bdg, bdb, r(*x.shape), x, sm, si, g, True)
     res.update(bn_out=bo, bn_mean=sm, bn_invstd=si, bn_rm=rm, bn_rv=rv, bn_dx=bdx, bn_dg=bdg, bn_db=bdb)
+    P3 = rng.uniform(0.1, 1, 3).astype(f32)
+    fo = np.empty_like(x)
+    C.batchnorm_forward_train(fo, sm, si, rm, rv, x, g, be, 0.1, 1e-5, P=P3, min_ch=2,
+                              group_size=2, act=6.0)
+    fdx, fdP = np.empty_like(x), np.zeros(3, f32)
+    C.batchnorm_backward(fdx, None, None, r(*x.shape), x, sm, si, g, True, False, beta=be,
+                         P=P3, dP=fdP, min_ch=2, group_size=2, act=6.0)
+    res.update(bnf_out=fo, bnf_dx=fdx, bnf_dP=fdP)
     # gates and maxpool
     P = rng.uniform(0.1, 1, 3).astype(f32)
     go = np.empty_like(x)

@@ -67,24 +67,30 @@ class Ctx:
 
 @contextlib.contextmanager
 def relu_masks():
-    """Record, per dmcp ReLU/ReLU6 call, where the output is in the linear
+    """Record, per dmcp ReLU/ReLU6 (standalone or fused into BN), where the output is in the linear
     region (0 < out < cap) and where it is capped, for Ctx.relu."""
     masks = collections.deque()
-    orig = dmcp.nn.ReLU.forward
+    orig_relu, orig_bn = dmcp.nn.ReLU.forward, dmcp.nn.BatchNorm2d.forward
 
-    def forward(self, x):
-        out = orig(self, x)
-        if self.cap:
-            masks.append(((out > 0) & (out < self.cap), out >= self.cap))
+    def record(out, cap):
+        if cap:
+            masks.append(((out > 0) & (out < cap), out >= cap))
         else:
             masks.append((out > 0, None))
         return out
 
-    dmcp.nn.ReLU.forward = forward
+    def relu_forward(self, x):
+        return record(orig_relu(self, x), self.cap)
+
+    def bn_forward(self, x, gate=None, act=None):      # BN with a fused activation
+        out = orig_bn(self, x, gate, act)
+        return out if act is None else record(out, act)
+
+    dmcp.nn.ReLU.forward, dmcp.nn.BatchNorm2d.forward = relu_forward, bn_forward
     try:
         yield masks
     finally:
-        dmcp.nn.ReLU.forward = orig
+        dmcp.nn.ReLU.forward, dmcp.nn.BatchNorm2d.forward = orig_relu, orig_bn
 
 
 def ref_forward(model_fn, x, ref, xt=None):
