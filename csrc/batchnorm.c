@@ -1,12 +1,19 @@
-/* batchnorm.c: see batchnorm.h.  One OpenMP loop over channels; the per-channel
- * sums run in double (vectorised with `omp simd`), so results do not depend on
- * the thread count.
+/* batchnorm.c: see batchnorm.h.
+ *
+ * Work is split into blocks of whole channels, small enough that a block's
+ * activations (all N images) stay in cache between its passes: per-row sums
+ * over the block's rows of HW values, the block's per-channel reduction of
+ * those sums in image order, then the elementwise pass over the same rows.
+ * Sums run in double (vectorised with `omp simd`) and every partial sum is
+ * owned by one row, so results do not depend on the thread count or the
+ * blocking.
  *
  * With an epilogue, channel ch's output is z = s * (xhat * gamma + beta),
  * y = act(z), s the gate of ch's group.  Forward and backward both compute z
  * as fmaf(x, a, b) with the same a, b, so backward recovers the activation
  * mask from x exactly and keeps neither z nor y. */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include "batchnorm.h"
 
@@ -24,23 +31,46 @@ static float act_hi(const bn_epilogue *ep)
 
 static int act_on(const bn_epilogue *ep) { return ep && ep->act >= 0.0f; }
 
-/* y = act(x * a + b) over one channel's n rows. */
-static void channel_apply(float *out, const float *inp, int n, int c, int hw, int ch,
-                          float a, float b, int act, float hi)
+/* Channels per block: about BN_BLOCK_FLOATS activations (all images) per
+ * block, and at least 4 blocks per thread when there are enough channels. */
+enum { BN_BLOCK_FLOATS = 1 << 17 };
+
+static int channel_block(int n, int c, int hw)
 {
-    for (int r = 0; r < n; r++) {
-        const float *x = inp + ((size_t)r * c + ch) * hw;
-        float *y = out + ((size_t)r * c + ch) * hw;
-        if (act) {
-            #pragma omp simd
-            for (int i = 0; i < hw; i++) {
-                const float z = fmaf(x[i], a, b);
-                y[i] = fminf(fmaxf(z, 0.0f), hi);
-            }
-        } else {
-            #pragma omp simd
-            for (int i = 0; i < hw; i++) y[i] = fmaf(x[i], a, b);
+    const size_t per_channel = (size_t)n * hw;
+    const int fit = (int)DMCP_MIN((size_t)c, DMCP_MAX((size_t)1, BN_BLOCK_FLOATS / per_channel));
+    const int spread = DMCP_MAX(1, c / (4 * omp_get_max_threads()));
+    return DMCP_MIN(fit, spread);
+}
+
+/* y = act(x * a + b) over one row of hw values. */
+static void row_apply(float *restrict y, const float *restrict x, int hw, float a, float b,
+                      int act, float hi)
+{
+    if (act) {
+        #pragma omp simd
+        for (int i = 0; i < hw; i++) {
+            float z = fmaf(x[i], a, b);
+            z = z > 0.0f ? z : 0.0f;          /* not fmaxf/fminf: those do not vectorise */
+            y[i] = z < hi ? z : hi;
         }
+    } else {
+        #pragma omp simd
+        for (int i = 0; i < hw; i++) y[i] = fmaf(x[i], a, b);
+    }
+}
+
+/* The forward's a, b of every channel in [c0, c1): z = fmaf(x, a, b). */
+static void channel_coefs(float *a, float *b, int c0, int c1, const float *mean,
+                          const float *invstd, const float *gamma, const float *beta,
+                          const bn_epilogue *ep)
+{
+    for (int ch = c0; ch < c1; ch++) {
+        const float s = gate_of(ep, ch);
+        const float scale = (gamma ? gamma[ch] : 1.0f) * invstd[ch];
+        const float shift = (beta ? beta[ch] : 0.0f) - mean[ch] * scale;
+        a[ch] = scale * s;
+        b[ch] = shift * s;
     }
 }
 
@@ -53,39 +83,57 @@ dmcp_status batchnorm_forward_train(float *out, float *save_mean, float *save_in
 {
     const size_t count = (size_t)n * hw;
     if (count < 1) return DMCP_ERR_SHAPE;
-    const int act = act_on(ep);
+    const int act = act_on(ep), cb = channel_block(n, c, hw), nblocks = (c + cb - 1) / cb;
     const float hi = act_hi(ep);
+    double *part = malloc((size_t)n * c * 2 * sizeof *part);  /* per row: sum, sum of squares */
+    float *ab = malloc((size_t)c * 2 * sizeof *ab);            /* per channel: a, b */
+    if (!part || !ab) { free(part); free(ab); return DMCP_ERR_NOMEM; }
     #pragma omp parallel for schedule(static)
-    for (int ch = 0; ch < c; ch++) {
-        /* one pass: sum and sum of squares about the channel's first value */
-        const float x0 = inp[(size_t)ch * hw];
-        double sum = 0.0, sq = 0.0;
-        for (int r = 0; r < n; r++) {
-            const float *x = inp + ((size_t)r * c + ch) * hw;
-            #pragma omp simd reduction(+:sum, sq)
-            for (int i = 0; i < hw; i++) {
-                const double d = (double)x[i] - (double)x0;
-                sum += d;
-                sq += d * d;
+    for (int blk = 0; blk < nblocks; blk++) {
+        const int c0 = blk * cb, c1 = DMCP_MIN(c0 + cb, c);
+        /* one pass: sums about the channel's first value, which keeps the
+         * sum-of-squares difference below well conditioned */
+        for (int b = 0; b < n; b++) {
+            for (int ch = c0; ch < c1; ch++) {
+                const float *x = inp + ((size_t)b * c + ch) * hw;
+                const double x0 = inp[(size_t)ch * hw];
+                double sum = 0.0, sq = 0.0;
+                #pragma omp simd reduction(+:sum, sq)
+                for (int i = 0; i < hw; i++) {
+                    const double d = (double)x[i] - x0;
+                    sum += d;
+                    sq += d * d;
+                }
+                part[2 * ((size_t)b * c + ch)] = sum;
+                part[2 * ((size_t)b * c + ch) + 1] = sq;
             }
         }
-        const double dmean = sum / (double)count;
-        const double ss = fmax(sq - sum * dmean, 0.0);   /* sum of (x - mean)^2 */
-        const double var = ss / (double)count;
-        const double mean = (double)x0 + dmean;
-        const float invstd = (float)(1.0 / sqrt(var + (double)eps));
-        save_mean[ch] = (float)mean;
-        save_invstd[ch] = invstd;
-        if (momentum >= 0.0f) {
-            const double unbiased = count > 1 ? ss / (double)(count - 1) : var;
-            running_mean[ch] = (1.0f - momentum) * running_mean[ch] + momentum * (float)mean;
-            running_var[ch] = (1.0f - momentum) * running_var[ch] + momentum * (float)unbiased;
+        for (int ch = c0; ch < c1; ch++) {
+            double sum = 0.0, sq = 0.0;
+            for (int b = 0; b < n; b++) {
+                sum += part[2 * ((size_t)b * c + ch)];
+                sq += part[2 * ((size_t)b * c + ch) + 1];
+            }
+            const double dmean = sum / (double)count;
+            const double ss = fmax(sq - sum * dmean, 0.0);   /* sum of (x - mean)^2 */
+            const double var = ss / (double)count;
+            const double mean = (double)inp[(size_t)ch * hw] + dmean;
+            save_mean[ch] = (float)mean;
+            save_invstd[ch] = (float)(1.0 / sqrt(var + (double)eps));
+            if (momentum >= 0.0f) {
+                const double unbiased = count > 1 ? ss / (double)(count - 1) : var;
+                running_mean[ch] = (1.0f - momentum) * running_mean[ch] + momentum * (float)mean;
+                running_var[ch] = (1.0f - momentum) * running_var[ch] + momentum * (float)unbiased;
+            }
         }
-        const float s = gate_of(ep, ch);
-        const float scale = (gamma ? gamma[ch] : 1.0f) * invstd;
-        const float shift = (beta ? beta[ch] : 0.0f) - (float)mean * scale;
-        channel_apply(out, inp, n, c, hw, ch, scale * s, shift * s, act, hi);
+        channel_coefs(ab, ab + c, c0, c1, save_mean, save_invstd, gamma, beta, ep);
+        for (int b = 0; b < n; b++)
+            for (int ch = c0; ch < c1; ch++)
+                row_apply(out + ((size_t)b * c + ch) * hw, inp + ((size_t)b * c + ch) * hw, hw,
+                          ab[ch], ab[c + ch], act, hi);
     }
+    free(part);
+    free(ab);
     return DMCP_OK;
 }
 
@@ -97,14 +145,16 @@ dmcp_status batchnorm_forward_eval(float *out, const float *inp,
 {
     const int act = act_on(ep);
     const float hi = act_hi(ep);
-    #pragma omp parallel for schedule(static)
-    for (int ch = 0; ch < c; ch++) {
-        const float invstd = 1.0f / sqrtf(running_var[ch] + eps);
-        const float s = gate_of(ep, ch);
-        const float scale = (gamma ? gamma[ch] : 1.0f) * invstd;
-        const float shift = (beta ? beta[ch] : 0.0f) - running_mean[ch] * scale;
-        channel_apply(out, inp, n, c, hw, ch, scale * s, shift * s, act, hi);
-    }
+    float *ab = malloc((size_t)c * 3 * sizeof *ab);            /* per channel: a, b, invstd */
+    if (!ab) return DMCP_ERR_NOMEM;
+    for (int ch = 0; ch < c; ch++) ab[2 * c + ch] = 1.0f / sqrtf(running_var[ch] + eps);
+    channel_coefs(ab, ab + c, 0, c, running_mean, ab + 2 * c, gamma, beta, ep);
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < n; b++)
+        for (int ch = 0; ch < c; ch++)
+            row_apply(out + ((size_t)b * c + ch) * hw, inp + ((size_t)b * c + ch) * hw, hw,
+                      ab[ch], ab[c + ch], act, hi);
+    free(ab);
     return DMCP_OK;
 }
 
@@ -118,75 +168,97 @@ dmcp_status batchnorm_backward(float *dinp, float *dgamma, float *dbeta,
                                const bn_epilogue *ep)
 {
     const double count = (double)n * hw;
-    const int act = act_on(ep);
+    const int act = act_on(ep), cb = channel_block(n, c, hw), nblocks = (c + cb - 1) / cb;
     const float hi = act_hi(ep);
-    const int want_dP = ep && ep->P && ep->dP && ep->ngroups > 0;
-    double *dPc = NULL;                      /* each channel's share of dP, summed in order */
-    if (want_dP && !(dPc = malloc((size_t)c * sizeof *dPc))) return DMCP_ERR_NOMEM;
+    double *part = malloc((size_t)n * c * 2 * sizeof *part);  /* per row: S1, S2 below */
+    float *coef = malloc((size_t)c * 5 * sizeof *coef);        /* per channel: a, b, g, k1, k2 */
+    double *dPc = malloc((size_t)c * sizeof *dPc);             /* each channel's share of dP */
+    if (!part || !coef || !dPc) { free(part); free(coef); free(dPc); return DMCP_ERR_NOMEM; }
+    float *ca = coef, *cb_ = coef + c, *cg = coef + 2 * c, *k1 = coef + 3 * c, *k2 = coef + 4 * c;
     #pragma omp parallel for schedule(static)
-    for (int ch = 0; ch < c; ch++) {
-        const float m = mean[ch], is = invstd[ch];
-        const float gm = gamma ? gamma[ch] : 1.0f, bt = beta ? beta[ch] : 0.0f;
-        const float s = gate_of(ep, ch);
-        const float a = gm * is * s, b = (bt - m * (gm * is)) * s;
-        double s1 = 0.0, s2 = 0.0;           /* sum dz, sum dz * (x - mean); dz = dL/dz */
-        for (int r = 0; r < n; r++) {
-            const float *x = inp + ((size_t)r * c + ch) * hw;
-            const float *dy = dout + ((size_t)r * c + ch) * hw;
-            if (act) {
-                #pragma omp simd reduction(+:s1, s2)
-                for (int i = 0; i < hw; i++) {
-                    const float z = fmaf(x[i], a, b);
-                    const float dz = (z > 0.0f && z < hi) ? dy[i] : 0.0f;
-                    s1 += dz;
-                    s2 += (double)dz * (x[i] - m);
+    for (int blk = 0; blk < nblocks; blk++) {
+        const int c0 = blk * cb, c1 = DMCP_MIN(c0 + cb, c);
+        channel_coefs(ca, cb_, c0, c1, mean, invstd, gamma, beta, ep);
+        /* S1 = sum dz, S2 = sum dz * (x - mean) per row; dz = dL/dz */
+        for (int b = 0; b < n; b++) {
+            for (int ch = c0; ch < c1; ch++) {
+                const float *x = inp + ((size_t)b * c + ch) * hw;
+                const float *dy = dout + ((size_t)b * c + ch) * hw;
+                const float a = ca[ch], bb = cb_[ch], m = mean[ch];
+                double s1 = 0.0, s2 = 0.0;
+                if (act) {
+                    #pragma omp simd reduction(+:s1, s2)
+                    for (int i = 0; i < hw; i++) {
+                        /* a 0/1 factor, not a select of dy: GCC then vectorises the double sums */
+                        const float z = fmaf(x[i], a, bb);
+                        const float dz = dy[i] * (((z > 0.0f) & (z < hi)) ? 1.0f : 0.0f);
+                        s1 += dz;
+                        s2 += (double)dz * (x[i] - m);
+                    }
+                } else {
+                    #pragma omp simd reduction(+:s1, s2)
+                    for (int i = 0; i < hw; i++) {
+                        s1 += dy[i];
+                        s2 += (double)dy[i] * (x[i] - m);
+                    }
                 }
-            } else {
-                #pragma omp simd reduction(+:s1, s2)
-                for (int i = 0; i < hw; i++) {
-                    s1 += dy[i];
-                    s2 += (double)dy[i] * (x[i] - m);
-                }
+                part[2 * ((size_t)b * c + ch)] = s1;
+                part[2 * ((size_t)b * c + ch) + 1] = s2;
             }
         }
-        const double sxh = s2 * is;          /* sum dz * xhat */
-        if (dPc) dPc[ch] = gm * sxh + bt * s1;
-        if (dgamma) dgamma[ch] += (float)(s * sxh);
-        if (dbeta) dbeta[ch] += (float)(s * s1);
+        for (int ch = c0; ch < c1; ch++) {
+            double s1 = 0.0, s2 = 0.0;
+            for (int b = 0; b < n; b++) {
+                s1 += part[2 * ((size_t)b * c + ch)];
+                s2 += part[2 * ((size_t)b * c + ch) + 1];
+            }
+            const float is = invstd[ch], gm = gamma ? gamma[ch] : 1.0f;
+            const float s = gate_of(ep, ch);
+            const double sxh = s2 * is;       /* sum dz * xhat */
+            dPc[ch] = gm * sxh + (beta ? beta[ch] : 0.0f) * s1;
+            if (dgamma) dgamma[ch] += (float)(s * sxh);
+            if (dbeta) dbeta[ch] += (float)(s * s1);
+            /* dx = g * (dbn - mean(dbn) - xhat * mean(dbn * xhat)), dbn = s * dz */
+            cg[ch] = gm * is * s;
+            k1[ch] = train ? (float)(s1 / count) : 0.0f;
+            k2[ch] = train ? (float)(sxh / count) * is : 0.0f;
+        }
         if (!dinp) continue;
-        /* dx = g * (dbn - mean(dbn) - xhat * mean(dbn * xhat)), dbn = s * dz */
-        const float g = gm * is * s;
-        const float k1 = train ? (float)(s1 / count) : 0.0f;
-        const float k2 = train ? (float)(sxh / count) * is : 0.0f;
-        for (int r = 0; r < n; r++) {
-            const float *x = inp + ((size_t)r * c + ch) * hw;
-            const float *dy = dout + ((size_t)r * c + ch) * hw;
-            float *dx = dinp + ((size_t)r * c + ch) * hw;
-            if (accumulate) {
-                #pragma omp simd
-                for (int i = 0; i < hw; i++) {
-                    const float z = fmaf(x[i], a, b);
-                    const float dz = (!act || (z > 0.0f && z < hi)) ? dy[i] : 0.0f;
-                    dx[i] += g * (dz - k1 - (x[i] - m) * k2);
-                }
-            } else {
-                #pragma omp simd
-                for (int i = 0; i < hw; i++) {
-                    const float z = fmaf(x[i], a, b);
-                    const float dz = (!act || (z > 0.0f && z < hi)) ? dy[i] : 0.0f;
-                    dx[i] = g * (dz - k1 - (x[i] - m) * k2);
+        for (int b = 0; b < n; b++) {
+            for (int ch = c0; ch < c1; ch++) {
+                const float *x = inp + ((size_t)b * c + ch) * hw;
+                const float *dy = dout + ((size_t)b * c + ch) * hw;
+                float *dx = dinp + ((size_t)b * c + ch) * hw;
+                const float a = ca[ch], bb = cb_[ch], m = mean[ch];
+                const float g = cg[ch], q1 = k1[ch], q2 = k2[ch];
+                if (accumulate) {
+                    #pragma omp simd
+                    for (int i = 0; i < hw; i++) {
+                        const float z = fmaf(x[i], a, bb), d = dy[i];
+                        const float dz = (!act || ((z > 0.0f) & (z < hi))) ? d : 0.0f;
+                        dx[i] += g * (dz - q1 - (x[i] - m) * q2);
+                    }
+                } else {
+                    #pragma omp simd
+                    for (int i = 0; i < hw; i++) {
+                        const float z = fmaf(x[i], a, bb), d = dy[i];
+                        const float dz = (!act || ((z > 0.0f) & (z < hi))) ? d : 0.0f;
+                        dx[i] = g * (dz - q1 - (x[i] - m) * q2);
+                    }
                 }
             }
         }
     }
-    if (dPc) {
+    if (ep && ep->P && ep->dP) {
         for (int k = 0; k < ep->ngroups; k++) {
             const int c0 = ep->m + k * ep->g, c1 = DMCP_MIN(c0 + ep->g, c);
             double acc = 0.0;
             for (int ch = c0; ch < c1; ch++) acc += dPc[ch];
             ep->dP[k] += (float)acc;
         }
-        free(dPc);
     }
+    free(part);
+    free(coef);
+    free(dPc);
     return DMCP_OK;
 }
