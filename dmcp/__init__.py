@@ -33,6 +33,11 @@ _pick_openblas_kernels()
 # OpenMP workers that spin steal the 2 cores from the GEMM (measured: 3x3 conv
 # forward 21 -> 90 GFLOP/s with a passive wait).  libgomp reads this at load.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The other side of the same contention: OpenBLAS's idle threads spin on
+# sched_yield for 2^28 cycles by default after every GEMM, while the OpenMP
+# loops that follow need both cores.  2^4 cycles: MobileNetV2 batch-32 step
+# 0.5 CPU-s less system time, about 25% faster (benchmarks/RESULTS.md).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 try:
     from . import _C  # noqa: E402  (after the core-type choice)
@@ -40,6 +45,8 @@ except ImportError as _e:  # a source checkout without the built extension
     raise ImportError(f"dmcp._C is not built next to {os.path.dirname(__file__)} ({_e}); "
                       "run `pip install -e .` in the checkout (or `pip install .` and import "
                       "dmcp from outside the source tree)") from None
+if os.environ.get("DMCP_KEEP_FREED_MEMORY", "1") != "0":
+    _C.keep_freed_memory()
 from . import nn  # noqa: E402
 from .algorithm import DMCP, build_pruned  # noqa: E402
 from .config import Config, ConfigError  # noqa: E402
