@@ -43,6 +43,19 @@ static int channel_block(int n, int c, int hw)
     return DMCP_MIN(fit, spread);
 }
 
+/* Channel ch's two sums over the images, in image order, from the per-row
+ * pairs part[2 * (b * c + ch) + {0, 1}]. */
+static void channel_sums(const double *part, int n, int c, int ch, double *s1, double *s2)
+{
+    double a = 0.0, b2 = 0.0;
+    for (int b = 0; b < n; b++) {
+        a += part[2 * ((size_t)b * c + ch)];
+        b2 += part[2 * ((size_t)b * c + ch) + 1];
+    }
+    *s1 = a;
+    *s2 = b2;
+}
+
 /* y = act(x * a + b) over one row of hw values. */
 static void row_apply(float *restrict y, const float *restrict x, int hw, float a, float b,
                       int act, float hi)
@@ -109,11 +122,8 @@ dmcp_status batchnorm_forward_train(float *out, float *save_mean, float *save_in
             }
         }
         for (int ch = c0; ch < c1; ch++) {
-            double sum = 0.0, sq = 0.0;
-            for (int b = 0; b < n; b++) {
-                sum += part[2 * ((size_t)b * c + ch)];
-                sq += part[2 * ((size_t)b * c + ch) + 1];
-            }
+            double sum, sq;
+            channel_sums(part, n, c, ch, &sum, &sq);
             const double dmean = sum / (double)count;
             const double ss = fmax(sq - sum * dmean, 0.0);   /* sum of (x - mean)^2 */
             const double var = ss / (double)count;
@@ -207,11 +217,8 @@ dmcp_status batchnorm_backward(float *dinp, float *dgamma, float *dbeta,
             }
         }
         for (int ch = c0; ch < c1; ch++) {
-            double s1 = 0.0, s2 = 0.0;
-            for (int b = 0; b < n; b++) {
-                s1 += part[2 * ((size_t)b * c + ch)];
-                s2 += part[2 * ((size_t)b * c + ch) + 1];
-            }
+            double s1, s2;
+            channel_sums(part, n, c, ch, &s1, &s2);
             const float is = invstd[ch], gm = gamma ? gamma[ch] : 1.0f;
             const float s = gate_of(ep, ch);
             const double sxh = s2 * is;       /* sum dz * xhat */
