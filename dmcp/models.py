@@ -26,7 +26,7 @@ class NormGateAct(Module):
 
     def forward(self, x):
         u = self._unit
-        gate = (u.P, u.dP, u.min_ch, u.group_size) if u is not None and u.gate_on else None
+        gate = (u.P, u.dP, u.min_ch, u.group_size) if u.gate_on else None
         return self._bn.forward(x, gate=gate, act=self._act)
 
     def backward(self, dout):
