@@ -11,7 +11,7 @@ static inline float keep_prob(float a, int prob_type)
 /* d log p / d alpha */
 static inline float dlog_keep_prob(float a, int prob_type)
 {
-    if (prob_type == DMCP_PROB_EXP) return a > 0.0f ? -1.0f : 0.0f;
+    if (prob_type == DMCP_PROB_EXP) return a >= 0.0f ? -1.0f : 0.0f;   /* inclusive, as torch.clamp passes it at the bound */
     return 1.0f - keep_prob(a, prob_type);
 }
 

@@ -9,7 +9,7 @@ import numpy as np
 from .config import _plain
 from .models import ImageClassifier, _check_keys, _strip_scope
 from .nn import KLDivergence
-from .units import Mutator, UserError, budget_loss, load_subnet
+from .units import PROB_TYPES, Mutator, UserError, budget_loss, load_subnet
 
 STRATEGIES = ("max", "min", "random", "direct", "scheduled_random", "arch_random")
 
@@ -93,6 +93,30 @@ class DMCP:
             self.tau = float(tau) if tau is not None else 1.0
         self.kd = KLDivergence(self.tau)
         self.random_prob = 1.0          # q of 'scheduled_random'
+        self.stall_steps = 50           # arch steps without any alpha gradient before a warning
+        self._stalled = {}              # unit name -> consecutive arch steps with zero dalpha
+        self._stall_warned = False
+
+    def check_alpha_flow(self):
+        """After an architecture step's gradient: count, per unit, the consecutive steps
+        in which none of its alphas received gradient (exp: every alpha < 0, where
+        p = 1 is flat; sigmoid: p rounded to exactly 1 in float32).  Returns a warning
+        once, when more than half of the searchable units have been stuck for
+        ``stall_steps`` steps; None otherwise."""
+        units = [u for u in self.mutator.units if u.ngroups]
+        for u in units:
+            self._stalled[u.name] = 0 if u.alpha.grad.any() else self._stalled.get(u.name, 0) + 1
+        stuck = [u for u in units if self._stalled[u.name] >= self.stall_steps]
+        if self._stall_warned or not units or 2 * len(stuck) <= len(units):
+            return None
+        self._stall_warned = True
+        kind = ("every alpha is below 0, where exp(-max(alpha, 0)) = 1 is flat"
+                if self.mutator.prob_type == PROB_TYPES["exp"] else
+                "the keep probabilities are saturated to 1.0 in float32 (alpha above ~17)")
+        names = ", ".join(u.name for u in stuck[:4]) + (" ..." if len(stuck) > 4 else "")
+        return (f"DMCP: {len(stuck)} of {len(units)} units got no architecture gradient for "
+                f"{self.stall_steps} arch steps ({kind}): {names}. The search is stuck there; "
+                f"lower the mutator's learning rate or re-initialise the alphas.")
 
     @property
     def units(self):
@@ -248,6 +272,9 @@ def arch_step(model, arch_optimizer, x, y, dist):
         mut.set_gates(False)
         net.train()
     dist.allreduce_grads(mut.arch_parameters())
+    stall = model.check_alpha_flow()
+    if stall:
+        warnings.warn(stall, RuntimeWarning, stacklevel=2)
     arch_optimizer.step()
     net.zero_grad()           # the weights are not trained by this step
     return {"arch_loss": task + budget, "flops_loss": budget, "expected_mflops": flops}

@@ -1,11 +1,13 @@
 """Training, evaluation and checkpointing driven by a config (tools/train.py,
 tools/test.py).  One Runner trains a DMCP supernet, a pruned sub_model, or a
 plain ImageClassifier; the DMCP-specific steps live in dmcp/algorithm.py."""
+import contextlib
 import json
 import os
 import sys
 import time
 import datetime
+import warnings
 
 import numpy as np
 
@@ -32,16 +34,30 @@ class Logger:
             self.scalars = open(os.path.join(work_dir, "vis_data", "scalars.json"), "a")
         self._bar = False
 
-    def info(self, msg):
+    def info(self, msg, level="INFO"):
         if not self.enabled:
             return
-        line = f"{time.strftime('%Y/%m/%d %H:%M:%S')} - dmcp - INFO - {msg}"
+        line = f"{time.strftime('%Y/%m/%d %H:%M:%S')} - dmcp - {level} - {msg}"
         if self._bar:
             sys.stdout.write("\r\033[K")
             self._bar = False
         print(line, flush=True)
         self.file.write(line + "\n")
         self.file.flush()
+
+    def warning(self, msg):
+        self.info(msg, "WARNING")
+
+    @contextlib.contextmanager
+    def capturing_warnings(self):
+        """Python warnings raised inside (a stalled search, a corrupt image) go to the
+        log as WARNING lines instead of a bare stderr line."""
+        shown = warnings.showwarning
+        warnings.showwarning = lambda message, *a, **k: self.warning(str(message))
+        try:
+            yield
+        finally:
+            warnings.showwarning = shown
 
     def scalar(self, record):
         if self.enabled:
@@ -249,6 +265,10 @@ class Runner:
     def train(self, stop_at_iter=None):
         """Train to max_epochs (or stop after ``stop_at_iter`` iterations, saving a
         checkpoint there, as a killed job that left one would)."""
+        with self.log.capturing_warnings():
+            self._train(stop_at_iter)
+
+    def _train(self, stop_at_iter):
         net = self.net
         net.train()
         cfg_name = self.config_name

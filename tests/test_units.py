@@ -187,7 +187,8 @@ def test_markov_P_and_its_gradient(prob_type, close):
 
 
 def test_exp_prob_at_zero_and_below():
-    """exp: p = 1 and d log p / d alpha = 0 for alpha <= 0 (the kink belongs to the flat side)."""
+    """exp: p = 1 for alpha <= 0; d log p / d alpha = -1 for alpha >= 0 (the bound is
+    inclusive, as torch.clamp passes the gradient at it) and 0 below."""
     u = ChannelUnit("u", 64)
     u.set_groups(0.1, 1.0, 0.1)
     u.alpha.data[...] = np.array([0, -1, -5, 0, 0.5, 0, -2, 0, 0], np.float32)
@@ -196,9 +197,13 @@ def test_exp_prob_at_zero_and_below():
     np.testing.assert_allclose(u.P[4:], math.exp(-0.5), rtol=1e-6)
     u.dP[...] = 1.0
     u.alpha_backward(1)
-    want = np.zeros(9)
-    want[4] = -sum(u.P[4:])
+    tail = np.cumsum(u.P[::-1].astype(np.float64))[::-1]
+    want = np.where(u.alpha.data >= 0, -tail, 0.0)
     np.testing.assert_allclose(u.alpha.grad, want, rtol=1e-6, atol=0)
+    at = torch.tensor(u.alpha.data.astype(np.float64), requires_grad=True)
+    torch_P(at, "exp").sum().backward()
+    np.testing.assert_allclose(u.alpha.grad, at.grad.numpy(), rtol=1e-6, atol=0)
+    assert u.alpha.grad[0] < 0, "alpha = 0, where every search starts, must get gradient"
 
 
 # ---------------------------------------------------------------------------
@@ -475,22 +480,33 @@ def test_gated_alpha_gradient_vs_finite_differences():
         assert u.alpha.grad[k] == pytest.approx(fd, rel=0.03), f"{u.name}[{k}]"
 
 
-def test_arch_step_gradient_is_task_plus_budget(close):
-    """algorithm.arch_step: alpha.grad = d(task)/dalpha + weight * d(budget)/dalpha at
-    full width with gates on and BN frozen; weights untouched; gates off and train
-    mode afterwards."""
-    shape = (1, 16, 16)
-    model = dmcp.build_model(dmcp_cfg("cifar20", shape=shape, target=1.0, weight=0.1))
+@pytest.mark.parametrize("arch,prob_type", [("cifar20", "sigmoid"), ("cifar20", "exp"),
+                                             ("mbv2", "sigmoid"), ("mbv2", "exp")])
+def test_arch_step_gradient_is_task_plus_budget(arch, prob_type, close):
+    """algorithm.arch_step against PyTorch autograd of the paper's formulas: BN outputs
+    times the cumulative keep probabilities (residual units tied), full width, BN
+    frozen, cross-entropy plus the weighted log_l1 budget loss of E[F].  Alphas lie on
+    both sides of 0 and some exactly at 0, where every search starts.  Weights are
+    untouched; gates off and train mode afterwards."""
+    c, size = SHAPES[arch][0], 16
+    shape = (c, size, size)
+    model = dmcp.build_model(dmcp_cfg(arch, prob_type=prob_type, shape=shape, weight=0.1))
     mut, net = model.mutator, model.architecture
     randomize(net, np.random.default_rng(3))
-    set_random_alphas(mut, np.random.default_rng(4), "sigmoid")
-    ref = RefClassifier("cifar20", 10, 1)
+    set_random_alphas(mut, np.random.default_rng(4), prob_type)
+    zeros = 0
+    for u in mut.units:
+        if u.ngroups:
+            u.alpha.data[::3] = 0.0
+            zeros += len(u.alpha.data[::3])
+    target = model.target_mflops = 0.6 * model.expected_mflops()
+    ref = RefClassifier(arch, 10 if arch == "cifar20" else 1000, c)
     copy_to_ref(net, ref)
     rng = np.random.default_rng(12)
-    x = rng.normal(size=(2, 1, 16, 16)).astype(np.float32)
+    x = rng.normal(size=(2,) + shape).astype(np.float32)
     labels = np.array([2, 9])
     alphas = torch_alphas(mut)
-    ref.ctx.gates = gate_vectors(mut, alphas, "sigmoid")
+    ref.ctx.gates = gate_vectors(mut, alphas, prob_type)
     ref.eval()
 
     class Capture:
@@ -507,14 +523,19 @@ def test_arch_step_gradient_is_task_plus_budget(close):
     want = ref(torch.from_numpy(x.astype(np.float64)))
     ref.ctx.masks = None
     task = F.cross_entropy(want, torch.from_numpy(labels))
-    e = torch_expected_flops(ref, shape, mut, alphas, "sigmoid") / 1e6
-    assert 1.0 < e.detach().item() < 200.0
-    budget = 0.1 * torch.log(torch.abs(e - 0.95 * 1.0))
+    e = torch_expected_flops(ref, shape, mut, alphas, prob_type) / 1e6
+    assert 0.95 * target < e.detach().item() < 0.95 * target + 200.0
+    budget = 0.1 * torch.log(torch.abs(e - 0.95 * target))
     (task + budget).backward()
     assert stats["expected_mflops"] == pytest.approx(e.detach().item(), rel=1e-6)
     assert stats["arch_loss"] == pytest.approx((task + budget).detach().item(), rel=1e-5)
+    at_zero = 0
     for name, g in opt.grads.items():
-        close(g, alphas[name].grad.numpy(), "arch step dalpha", rtol=1e-4, atol=1e-9)
+        close(g, alphas[name].grad.numpy(), f"arch step dalpha {arch} {prob_type}", rtol=1e-4,
+              atol=1e-9)
+        a = alphas[name].detach().numpy()
+        at_zero += int(np.count_nonzero(g[a == 0.0]))
+    assert zeros > 0 and at_zero > zeros // 2, "alphas at exactly 0 receive gradient"
     assert not any(u.gate_on for u in mut.units)
     assert all(m.training for _, m in net.named_modules())
     for k, v in net.state_dict().items():
