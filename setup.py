@@ -5,6 +5,7 @@ DMCP_DEBUG=1 builds with -O0 -g and the address/undefined sanitizers
 """
 import glob
 import os
+import platform
 import shlex
 import subprocess
 
@@ -41,17 +42,29 @@ def image_flags():
 
 image_cflags, image_libs = image_flags()
 debug = os.environ.get("DMCP_DEBUG", "") not in ("", "0")
+native = os.environ.get("DMCP_NATIVE", "") not in ("", "0")
+x86 = platform.machine().lower() in ("x86_64", "amd64")
+# One build for every x86-64 from x86-64-v2 (SSE4.2) on; the hot kernels are
+# also built for AVX2 and AVX-512 (csrc/isa/) and chosen at import.
+# DMCP_NATIVE=1 tunes everything for the build machine instead.
+march = ["-march=native"] if native else (["-march=x86-64-v2", "-mtune=generic"] if x86 else [])
 if debug:
-    opt = ["-O0", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined"]
+    opt = ["-O0", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined"] + march
     link_extra = ["-fsanitize=address,undefined"]
 else:
-    opt = ["-O3", "-march=native"]
+    opt = ["-O3"] + march
     link_extra = []
+
+# Kernel families built once per ISA through csrc/isa/<family>_<isa>.c.
+ISA_FAMILIES = ("conv2d", "batchnorm", "activation")
+sources = [f for f in sorted(glob.glob("csrc/*.c"))
+           if os.path.splitext(os.path.basename(f))[0] not in ISA_FAMILIES]
+sources += sorted(glob.glob("csrc/isa/*.c"))
 
 ext = Extension(
     "dmcp._C",
-    sources=sorted(glob.glob("csrc/*.c")),
-    depends=sorted(glob.glob("csrc/*.h")),
+    sources=sources,
+    depends=sorted(glob.glob("csrc/*.h")) + [f"csrc/{f}.c" for f in ISA_FAMILIES],
     include_dirs=[numpy.get_include(), "csrc"],
     extra_compile_args=["-std=c11", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"] + opt + blas_cflags
     + image_cflags,

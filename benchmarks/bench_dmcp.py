@@ -25,7 +25,7 @@ from dmcp import build_model  # noqa: E402
 from dmcp.algorithm import arch_step, dmcp_train_step, plain_train_step  # noqa: E402
 from dmcp.dist import SingleProcess  # noqa: E402
 from dmcp.nn import SGD, Adam  # noqa: E402
-from timing import median_seconds  # noqa: E402
+from timing import describe_machine, median_seconds  # noqa: E402
 
 ARCHS = {
     "resnet50": (dict(type="ResNet", depth=50), (3, 224, 224), 1000, 2000),
@@ -79,6 +79,7 @@ def main():
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
+    print("\n".join(describe_machine()), flush=True)
     model, shape, ncls = build(args.arch)
     net, mut = model.architecture, model.mutator
     print(f"{args.arch}, batch {args.batch}, {len(mut.units)} units, "

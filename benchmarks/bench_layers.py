@@ -7,6 +7,10 @@ OpenBLAS in the same run.
 Each shape is first checked against PyTorch (all three results), then timed
 dmcp / PyTorch alternately; medians of --reps.
 
+dmcp and PyTorch run in this one process, so they share one allocator: the
+glibc settings `import dmcp` makes (keep freed memory, see dmcp/__init__.py)
+hold for PyTorch's tensors too, and no fairness adjustment is needed.
+
     python benchmarks/bench_layers.py [--models resnet50 mbv2] [--reps 5] [--threads 2]
 """
 import argparse
@@ -23,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dmcp  # noqa: E402
 from dmcp import _C  # noqa: E402
 from dmcp.nn import Conv2d  # noqa: E402
-from timing import median_seconds  # noqa: E402
+from timing import describe_machine, median_seconds  # noqa: E402
 
 MODELS = {"resnet50": (dict(type="ResNet", depth=50), 16),
           "mbv2": (dict(type="MobileNetV2", widen_factor=1.0), 32)}
@@ -131,10 +135,13 @@ def main():
     args = p.parse_args()
     import torch
     torch.set_num_threads(args.threads)
+    header = describe_machine(args.threads) + [
+        "dmcp and PyTorch share this process and so its allocator settings"]
+    print("\n".join(header), flush=True)
     peak = sgemm_gflops(args.reps)
-    lines = [f"SGEMM 2048^3 through dmcp's OpenBLAS: {peak:.1f} GFLOP/s "
-             f"(OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'auto')})"]
-    print(lines[0], flush=True)
+    lines = header + ["", f"SGEMM 2048^3 through dmcp's OpenBLAS: {peak:.1f} GFLOP/s "
+                          f"(OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'auto')})"]
+    print(lines[-1], flush=True)
     for model in args.models:
         shapes = conv_shapes(model, MODELS[model][1])
         lines += ["", f"### {model}, batch {MODELS[model][1]}: {len(shapes)} distinct conv shapes", "",

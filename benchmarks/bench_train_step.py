@@ -4,9 +4,20 @@ batch, float32 and thread count.
 
 First it checks, in this process, that both give the same loss and the same
 updated weights from identical weights and data (one step).  Then each
-(framework, case) runs in a fresh subprocess so its peak RSS is its own; the
-subprocesses alternate dmcp / torch for --rounds rounds and the median of each
-one's per-round images/s is reported.
+(worker, case) runs in a fresh subprocess so its peak RSS is its own; the
+three workers take turns, in a rotated order each round, for --rounds rounds
+and the median of each one's per-round images/s is reported.
+
+The workers and their glibc malloc settings (`import dmcp` makes glibc keep
+freed memory, see dmcp/__init__.py; the PyTorch workers never import dmcp):
+  dmcp                     keep_freed_memory() (unless DMCP_KEEP_FREED_MEMORY=0)
+  PyTorch                  the same settings through GLIBC_TUNABLES (mmap_max=0,
+                           trim_threshold=2147483647 (INT_MAX, what dmcp gives mallopt), merged with the user's
+                           tunables); plain inherited env if DMCP_KEEP_FREED_MEMORY=0
+  PyTorch, glibc defaults  those two tunables removed
+The ratio column is dmcp / PyTorch with the same settings.  All three inherit
+this process's environment after `import dmcp`, so OMP_WAIT_POLICY and
+OPENBLAS_THREAD_TIMEOUT are the same for all (printed at the top).
 
     python benchmarks/bench_train_step.py [--cases r50b16 r50b32 mbv2b32 r20b64]
                                           [--rounds 3] [--steps 5] [--threads 2]
@@ -24,6 +35,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
+from timing import allocator_settings, describe_machine, tunables_env  # noqa: E402
 
 CASES = {  # name -> (arch, batch, input shape)
     "r50b16": ("resnet50", 16, (3, 224, 224)),
@@ -126,8 +138,25 @@ def peak_rss_mib():
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def worker(framework, case, steps, warmup):
+WORKERS = {  # worker -> (framework, label)
+    "dmcp": ("dmcp", "dmcp"),
+    "torch": ("torch", "PyTorch"),
+    "torch-glibc": ("torch", "PyTorch, glibc defaults"),
+}
+
+
+def worker_env(name, threads):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    if name == "torch" and os.environ.get("DMCP_KEEP_FREED_MEMORY", "1") != "0":
+        return tunables_env(env, keep_freed=True)
+    if name == "torch-glibc":
+        return tunables_env(env, keep_freed=False)
+    return env
+
+
+def worker(name, case, steps, warmup):
     arch = CASES[case][0]
+    framework = WORKERS[name][0]
     if framework == "torch":
         import torch
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -143,16 +172,17 @@ def worker(framework, case, steps, warmup):
         step(x, y)
         times.append(time.perf_counter() - t0)
     rss = peak_rss_mib()
+    if framework == "torch" and "dmcp" in sys.modules:
+        raise SystemExit("the PyTorch worker imported dmcp, which changes its allocator settings")
     print(json.dumps(dict(ips=x.shape[0] / statistics.median(times), rss=rss)))
 
 
-def run_worker(framework, case, args):
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    out = subprocess.run([sys.executable, __file__, "--worker", framework, "--cases", case,
+def run_worker(name, case, args):
+    out = subprocess.run([sys.executable, __file__, "--worker", name, "--cases", case,
                           "--steps", str(args.steps), "--warmup", str(args.warmup)],
-                         env=env, capture_output=True, text=True)
+                         env=worker_env(name, args.threads), capture_output=True, text=True)
     if out.returncode:
-        raise SystemExit(f"{framework} {case} failed:\n{out.stderr}")
+        raise SystemExit(f"{name} {case} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -163,7 +193,7 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--worker", choices=["dmcp", "torch"])
+    p.add_argument("--worker", choices=list(WORKERS))
     p.add_argument("--markdown", help="append the result table to this file")
     args = p.parse_args()
     if args.worker:
@@ -171,30 +201,38 @@ def main():
 
     import torch
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, OPENBLAS_CORETYPE="
-          f"{os.environ.get('OPENBLAS_CORETYPE', '(dmcp default)')}")
+    header = describe_machine(args.threads)
+    header += [f"worker {name} ({label}): allocator "
+               + allocator_settings(worker_env(name, args.threads), dmcp_imported=fw == "dmcp")
+               for name, (fw, label) in WORKERS.items()]
+    print("\n".join(header), flush=True)
     for case in args.cases:
         validate(case)
+    order = list(WORKERS)
     rows = []
     for case in args.cases:
-        got = {"dmcp": [], "torch": []}
+        got = {name: [] for name in WORKERS}
         for r in range(args.rounds):
-            for fw in ("dmcp", "torch") if r % 2 == 0 else ("torch", "dmcp"):
-                got[fw].append(run_worker(fw, case, args))
-        ips = {fw: statistics.median(v["ips"] for v in got[fw]) for fw in got}
-        rss = {fw: max(v["rss"] for v in got[fw]) for fw in got}
-        rows.append((case, ips["dmcp"], ips["torch"], ips["dmcp"] / ips["torch"], rss["dmcp"],
-                     rss["torch"]))
-        print(f"  {case}: dmcp {ips['dmcp']:.1f} img/s, torch {ips['torch']:.1f} img/s, "
-              f"ratio {ips['dmcp'] / ips['torch']:.2f}; peak RSS dmcp {rss['dmcp']:.0f} MiB, "
-              f"torch {rss['torch']:.0f} MiB", flush=True)
-    table = ["| case | dmcp img/s | PyTorch img/s | ratio | dmcp peak RSS MiB | PyTorch peak RSS MiB |",
-             "|---|---|---|---|---|---|"]
-    table += [f"| {c} | {a:.1f} | {b:.1f} | {r:.2f} | {m:.0f} | {n:.0f} |" for c, a, b, r, m, n in rows]
+            for name in order[r % 3:] + order[:r % 3]:
+                got[name].append(run_worker(name, case, args))
+        ips = {n: statistics.median(v["ips"] for v in got[n]) for n in got}
+        rss = {n: max(v["rss"] for v in got[n]) for n in got}
+        ratio = ips["dmcp"] / ips["torch"]
+        rows.append((case, ips["dmcp"], ips["torch"], ratio, ips["torch-glibc"], rss["dmcp"],
+                     rss["torch"], rss["torch-glibc"]))
+        print(f"  {case}: dmcp {ips['dmcp']:.1f} img/s, PyTorch {ips['torch']:.1f} img/s, ratio "
+              f"{ratio:.2f}; PyTorch with glibc defaults {ips['torch-glibc']:.1f} img/s; peak RSS "
+              f"dmcp {rss['dmcp']:.0f} MiB, PyTorch {rss['torch']:.0f} MiB, PyTorch glibc "
+              f"defaults {rss['torch-glibc']:.0f} MiB", flush=True)
+    table = ["| case | dmcp img/s | PyTorch img/s | ratio | PyTorch, glibc defaults img/s | "
+             "dmcp peak RSS MiB | PyTorch peak RSS MiB | PyTorch, glibc defaults peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|"]
+    table += [f"| {c} | {a:.1f} | {b:.1f} | {r:.2f} | {g:.1f} | {m:.0f} | {n:.0f} | {o:.0f} |"
+              for c, a, b, r, g, m, n, o in rows]
     print("\n".join(table))
     if args.markdown:
         with open(args.markdown, "a") as f:
-            f.write("\n".join(table) + "\n")
+            f.write("\n".join([""] + header + [""] + table) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,12 @@
 /* activation.c: see activation.h. */
 #include "activation.h"
 
+void fill_zero(float *x, size_t len)
+{
+    #pragma omp parallel for schedule(static) if (len > 32768)
+    for (size_t i = 0; i < len; i++) x[i] = 0.0f;
+}
+
 void relu_forward(float *out, const float *inp, size_t len, float cap)
 {
     const float hi = cap > 0.0f ? cap : 3.402823466e38f;

@@ -4,6 +4,9 @@
 
 #include "common.h"
 
+/* x = 0, on every thread (a gradient buffer about to be accumulated into). */
+void fill_zero(float *x, size_t len);
+
 /* out = min(max(inp, 0), cap); cap <= 0 means no upper bound (ReLU), 6 gives ReLU6.
  * out may alias inp. */
 void relu_forward(float *out, const float *inp, size_t len, float cap);

@@ -554,8 +554,16 @@ static ptrdiff_t conv_tiled_scratch(const conv_shape *s, bool *tiled, bool *data
 #define CONV_FMA_CONTRACT
 #endif
 
-/* 8 floats in one vector register; alignment 4, so any float pointer will do. */
-typedef float conv_v8 __attribute__((vector_size(32), aligned(4)));
+/* One vector register of floats (alignment 4, so any float pointer will do):
+ * 8 with AVX, 4 otherwise (a 32-byte vector type on SSE is split through
+ * memory, 14x slower); CONV_NR/CONV_VW of them span a micro-tile row. */
+#ifdef __AVX__
+#define CONV_VW 8
+#else
+#define CONV_VW 4
+#endif
+typedef float conv_vec __attribute__((vector_size(CONV_VW * 4), aligned(4)));
+#define CONV_NV (CONV_NR / CONV_VW)
 
 /* c (MR, NR) = or += A (MR, k) @ B (k, NR).  Row i of A is a + aoff[i] (k
  * consecutive floats), row p of B is b + boff[p] (NR consecutive floats); c
@@ -566,29 +574,27 @@ static void conv_kernel(int k, const float *restrict a, const int *restrict aoff
                         float *restrict c, ptrdiff_t ldc, bool add)
 {
     const float *ar[CONV_MR];
-    conv_v8 acc[CONV_MR][2];
+    conv_vec acc[CONV_MR][CONV_NV];
     for (int i = 0; i < CONV_MR; i++) {
         ar[i] = a + aoff[i];
-        acc[i][0] = acc[i][1] = (conv_v8){0};
+        for (int v = 0; v < CONV_NV; v++)
+            acc[i][v] = (conv_vec){0};
     }
     for (int p = 0; p < k; p++) {
         const float *bp = b + boff[p];
-        const conv_v8 b0 = *(const conv_v8 *)bp, b1 = *(const conv_v8 *)(bp + 8);
+        conv_vec bv[CONV_NV];
+        for (int v = 0; v < CONV_NV; v++)
+            bv[v] = *(const conv_vec *)(bp + v * CONV_VW);
         for (int i = 0; i < CONV_MR; i++) {
             const float ai = ar[i][p];
-            acc[i][0] += ai * b0;
-            acc[i][1] += ai * b1;
+            for (int v = 0; v < CONV_NV; v++)
+                acc[i][v] += ai * bv[v];
         }
     }
     for (int i = 0; i < CONV_MR; i++) {
-        conv_v8 *ci = (conv_v8 *)(c + i * ldc);
-        if (add) {
-            ci[0] += acc[i][0];
-            ci[1] += acc[i][1];
-        } else {
-            ci[0] = acc[i][0];
-            ci[1] = acc[i][1];
-        }
+        conv_vec *ci = (conv_vec *)(c + i * ldc);
+        for (int v = 0; v < CONV_NV; v++)
+            ci[v] = add ? ci[v] + acc[i][v] : acc[i][v];
     }
 }
 

@@ -26,6 +26,7 @@
 #include "optim.h"
 #include "markov_gate.h"
 #include "flops.h"
+#include "isa.h"
 
 /* ---------------------------------------------------------------- checks */
 
@@ -281,9 +282,9 @@ static PyObject *conv_forward_impl(PyObject *args, const char *FN, int naive)
 static PyObject *conv_backward_impl(PyObject *args, const char *FN, int naive)
 {
     PyObject *o_dinp, *o_dw, *o_db, *o_dout, *o_inp, *o_w;
-    int sh, sw, ph, pw, dh, dw, groups, ok = 1;
-    if (!PyArg_ParseTuple(args, "OOOOOOiiiiiii", &o_dinp, &o_dw, &o_db, &o_dout, &o_inp, &o_w,
-                          &sh, &sw, &ph, &pw, &dh, &dw, &groups)) return NULL;
+    int sh, sw, ph, pw, dh, dw, groups, accumulate = 1, ok = 1;
+    if (!PyArg_ParseTuple(args, "OOOOOOiiiiiii|p", &o_dinp, &o_dw, &o_db, &o_dout, &o_inp, &o_w,
+                          &sh, &sw, &ph, &pw, &dh, &dw, &groups, &accumulate)) return NULL;
     PyArrayObject *dinp = OPT(o_dinp, "dinp", 4, 1);
     PyArrayObject *dwt = OPT(o_dw, "dweight", 4, 1);
     PyArrayObject *db = OPT(o_db, "dbias", 1, 1);
@@ -297,6 +298,8 @@ static PyObject *conv_backward_impl(PyObject *args, const char *FN, int naive)
         !check_bias(db, FN, "dbias", s.oc)) return NULL;
     dmcp_status st;
     Py_BEGIN_ALLOW_THREADS
+    if (dinp != NULL && !accumulate)   /* overwrite: zeroed here, on every thread */
+        fill_zero(DATA(dinp), (size_t)PyArray_SIZE(dinp));
     if (naive) {
         st = conv2d_backward_naive(DATA(dinp), DATA(dwt), DATA(db), DATA(dout), DATA(inp),
                                    DATA(w), &s);
@@ -338,6 +341,56 @@ static PyObject *py_keep_freed_memory(PyObject *self, PyObject *noargs)
 #else
     Py_RETURN_FALSE;
 #endif
+}
+
+/* ---------------------------------------------------------------- ISA variants */
+
+static int isa_of_name(PyObject *name, const char *fn)
+{
+    const char *s = PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : NULL;
+    if (s == NULL) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s: the ISA must be a str ('base', 'avx2' or 'avx512')", fn);
+        return -1;
+    }
+    for (int isa = 0; isa < DMCP_ISA_COUNT; isa++)
+        if (strcmp(s, dmcp_isa_name(isa)) == 0)
+            return isa;
+    PyErr_Format(PyExc_ValueError, "%s: unknown ISA '%s' (base, avx2, avx512)", fn, s);
+    return -1;
+}
+
+static PyObject *py_isa(PyObject *self, PyObject *noargs)
+{
+    return PyUnicode_FromString(dmcp_isa_name(dmcp_isa));
+}
+
+static PyObject *py_isa_available(PyObject *self, PyObject *noargs)
+{
+    PyObject *out = PyList_New(0);
+    for (int isa = 0; out != NULL && isa < DMCP_ISA_COUNT; isa++) {
+        if (!dmcp_isa_supported(isa))
+            continue;
+        PyObject *name = PyUnicode_FromString(dmcp_isa_name(isa));
+        if (name == NULL || PyList_Append(out, name) < 0) {
+            Py_XDECREF(name);
+            Py_CLEAR(out);
+            break;
+        }
+        Py_DECREF(name);
+    }
+    return out;
+}
+
+static PyObject *py_set_isa(PyObject *self, PyObject *arg)
+{
+    const int isa = isa_of_name(arg, "set_isa");
+    if (isa < 0)
+        return NULL;
+    if (dmcp_isa_select(isa) != 0)
+        return PyErr_Format(PyExc_ValueError, "set_isa: this CPU cannot run the '%s' kernels "
+                            "(available: see isa_available())", dmcp_isa_name(isa));
+    return PyUnicode_FromString(dmcp_isa_name(dmcp_isa));
 }
 
 /* ---------------------------------------------------------------- batchnorm */
@@ -1414,11 +1467,19 @@ static PyObject *py_pack_chw(PyObject *self, PyObject *args)
 /* ---------------------------------------------------------------- module */
 
 static PyMethodDef methods[] = {
+    {"isa", py_isa, METH_NOARGS,
+     "isa() -> str: the instruction set the conv, BN and activation kernels run with"},
+    {"isa_available", py_isa_available, METH_NOARGS,
+     "isa_available() -> list of str: the kernel variants this CPU can run, baseline first"},
+    {"set_isa", py_set_isa, METH_O,
+     "set_isa(name) -> str: run the kernels built for 'base', 'avx2' or 'avx512' (ValueError "
+     "when the CPU lacks it); `import dmcp` picks the best, or DMCP_ISA"},
     {"conv2d_forward", py_conv2d_forward, METH_VARARGS,
      "conv2d_forward(out, inp, weight, bias, sh, sw, ph, pw, dh, dw, groups)"},
     {"conv2d_forward_naive", py_conv2d_forward_naive, METH_VARARGS, "direct-loop conv2d_forward"},
     {"conv2d_backward", py_conv2d_backward, METH_VARARGS,
-     "conv2d_backward(dinp, dweight, dbias, dout, inp, weight, sh, sw, ph, pw, dh, dw, groups); accumulates"},
+     "conv2d_backward(dinp, dweight, dbias, dout, inp, weight, sh, sw, ph, pw, dh, dw, groups, "
+     "accumulate=True); accumulates, or with accumulate False overwrites dinp"},
     {"conv2d_backward_naive", py_conv2d_backward_naive, METH_VARARGS, "direct-loop conv2d_backward"},
     {"keep_freed_memory", py_keep_freed_memory, METH_NOARGS,
      "keep_freed_memory() -> bool: glibc serves large blocks from the heap and keeps freed "
@@ -1507,5 +1568,6 @@ static struct PyModuleDef moduledef = {
 PyMODINIT_FUNC PyInit__C(void)
 {
     import_array();
+    dmcp_isa_select(dmcp_isa_best());
     return PyModule_Create(&moduledef);
 }

@@ -45,6 +45,9 @@ except ImportError as _e:  # a source checkout without the built extension
     raise ImportError(f"dmcp._C is not built next to {os.path.dirname(__file__)} ({_e}); "
                       "run `pip install -e .` in the checkout (or `pip install .` and import "
                       "dmcp from outside the source tree)") from None
+if os.environ.get("DMCP_ISA"):
+    # the kernels' instruction set: the best the CPU has unless chosen (base, avx2, avx512)
+    _C.set_isa(os.environ["DMCP_ISA"])
 if os.environ.get("DMCP_KEEP_FREED_MEMORY", "1") != "0":
     _C.keep_freed_memory()
 from . import nn  # noqa: E402

@@ -173,10 +173,10 @@ class Conv2d(Module):
     def backward(self, dout, need_dinp=True):
         x = self._inp
         c, oc, groups = self._geometry(x)
-        dinp = np.zeros_like(x) if need_dinp else None
+        dinp = np.empty_like(x) if need_dinp else None      # overwritten (zeroed in C)
         _C.conv2d_backward(dinp, _grad(self.weight), _grad(self.bias),
                            _f32(dout, "Conv2d dout"), x, self.weight.data,
-                           *self.stride, *self.padding, *self.dilation, groups)
+                           *self.stride, *self.padding, *self.dilation, groups, False)
         return dinp
 
 

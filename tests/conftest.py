@@ -14,6 +14,21 @@ except ImportError:
 _MAX_ERR = {}                           # family -> (max abs error, max relative-to-scale error)
 
 
+def _isas():
+    import dmcp
+    return dmcp._C.isa_available()
+
+
+@pytest.fixture(params=_isas())
+def isa(request):
+    """Run a test once per kernel variant this CPU can run (base, avx2, avx512)."""
+    import dmcp
+    prev = dmcp._C.isa()
+    dmcp._C.set_isa(request.param)
+    yield request.param
+    dmcp._C.set_isa(prev)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -115,7 +115,7 @@ def torch_conv(cs, x, wt, b, dout):
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("name", list(CONV_CASES))
-def test_conv2d_vs_torch(name, bias, rng, close):
+def test_conv2d_vs_torch(name, bias, rng, close, isa):
     cs = CONV_CASES[name]
     x, wt, b, dout = conv_data(rng, cs, bias)
     got = dmcp_conv(cs, x, wt, b, dout)
@@ -126,7 +126,7 @@ def test_conv2d_vs_torch(name, bias, rng, close):
 
 
 @pytest.mark.parametrize("name", list(CONV_CASES))
-def test_conv2d_matches_naive(name, rng, close):
+def test_conv2d_matches_naive(name, rng, close, isa):
     cs = CONV_CASES[name]
     x, wt, b, dout = conv_data(rng, cs, True)
     fast = dmcp_conv(cs, x, wt, b, dout)
@@ -137,7 +137,7 @@ def test_conv2d_matches_naive(name, rng, close):
 
 @pytest.mark.parametrize("naive", [False, True], ids=["fast", "naive"])
 @pytest.mark.parametrize("name", ["3x3_s2_odd", "1x1_b1", "dw3x3", "g2_3x3"])
-def test_conv2d_backward_accumulates(name, naive, rng, close):
+def test_conv2d_backward_accumulates(name, naive, rng, close, isa):
     cs = CONV_CASES[name]
     x, wt, b, dout = conv_data(rng, cs, True)
     bwd = C.conv2d_backward_naive if naive else C.conv2d_backward
@@ -154,6 +154,11 @@ def test_conv2d_backward_accumulates(name, naive, rng, close):
     bwd(*acc, dout, x, wt, *conv_args(cs))
     for a, s, g1 in zip(acc, start, once):
         close(a, s + g1, "conv2d accumulate", rtol=1e-6, atol=1e-6)
+    # accumulate=False: dinp overwritten whatever it held (NaN included); weights still add
+    over = [np.full_like(x, np.nan), start[1].copy(), start[2].copy()]
+    bwd(*over, dout, x, wt, *conv_args(cs), False)
+    close(over[0], once[0], "conv2d overwrite", rtol=1e-6, atol=0)
+    close(over[1], start[1] + once[1], "conv2d overwrite", rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["3x3_s2_odd", "1x1_b1", "dw3x3", "g2_1x1"])
@@ -183,7 +188,7 @@ SLICE_CASES = {   # geometry + (C_full, OC_full) of the weight buffer; groups ==
 
 @pytest.mark.parametrize("naive", [False, True], ids=["fast", "naive"])
 @pytest.mark.parametrize("name", list(SLICE_CASES))
-def test_conv2d_channel_sliced(name, naive, rng, close):
+def test_conv2d_channel_sliced(name, naive, rng, close, isa):
     cs, cf, ocf = SLICE_CASES[name]
     c, oc = cs["c"], cs["oc"]
     kh, kw = cs["k"]
@@ -205,7 +210,7 @@ def test_conv2d_channel_sliced(name, naive, rng, close):
 
 @pytest.mark.parametrize("naive", [False, True], ids=["fast", "naive"])
 @pytest.mark.parametrize("k,stride,pad", [(3, 1, 1), (3, 2, 1), (5, 1, 2)])
-def test_conv2d_depthwise_sliced(k, stride, pad, naive, rng, close):
+def test_conv2d_depthwise_sliced(k, stride, pad, naive, rng, close, isa):
     cf, c = 7, 4
     cs = conv_case(2, c, 8, 7, c, k, stride, pad, 1, c)
     x = randn(rng, 2, c, 8, 7)
@@ -263,7 +268,7 @@ def bn_data(rng, shape, cf):
 
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
 @pytest.mark.parametrize("shape", BN_SHAPES, ids=str)
-def test_batchnorm_train_vs_torch(shape, affine, rng, close):
+def test_batchnorm_train_vs_torch(shape, affine, rng, close, isa):
     c, cf, eps = shape[1], shape[1] + 2, 1e-5     # buffers longer than c: channel-sliced
     x, gamma, beta, rm, rv, dout = bn_data(rng, shape, cf)
     if not affine:
@@ -306,7 +311,7 @@ def test_batchnorm_momentum_negative_skips_running_update(rng):
 
 
 @pytest.mark.parametrize("shape", BN_SHAPES, ids=str)
-def test_batchnorm_eval_vs_torch(shape, rng, close):
+def test_batchnorm_eval_vs_torch(shape, rng, close, isa):
     c, cf, eps = shape[1], shape[1] + 2, 1e-3
     x, gamma, beta, rm, rv, dout = bn_data(rng, shape, cf)
     out = np.empty_like(x)
@@ -343,7 +348,7 @@ def torch_bn_epilogue(xt, rm, rv, gt, bt, Pt, m, g, act, train, eps):
 @pytest.mark.parametrize("act", [None, 0.0, 6.0], ids=["noact", "relu", "relu6"])
 @pytest.mark.parametrize("gated", [True, False], ids=["gate", "nogate"])
 @pytest.mark.parametrize("n,m,g,ng,h,w", EPILOGUE_CASES)
-def test_batchnorm_epilogue_vs_torch(n, m, g, ng, h, w, gated, act, train, rng, close):
+def test_batchnorm_epilogue_vs_torch(n, m, g, ng, h, w, gated, act, train, rng, close, isa):
     c, eps = m + ng * g, 1e-5
     cf = c + 2                                     # parameter buffers longer than c
     x, _, beta, rm, rv, dout = bn_data(rng, (n, c, h, w), cf)
@@ -421,7 +426,7 @@ def test_batchnorm_epilogue_bad_input(rng):
 # ---------------------------------------------------------------- elementwise
 
 @pytest.mark.parametrize("cap", [0.0, 6.0], ids=["relu", "relu6"])
-def test_relu_vs_torch(cap, rng, close):
+def test_relu_vs_torch(cap, rng, close, isa):
     x = randn(rng, 3, 4, 5, 7, scale=5.0)       # many values above 6, none exactly 0 or 6
     dout = randn(rng, *x.shape)
     out = np.empty_like(x)
@@ -442,7 +447,7 @@ def test_relu_vs_torch(cap, rng, close):
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_batchnorm_backward_overwrite(train, rng, close):
+def test_batchnorm_backward_overwrite(train, rng, close, isa):
     """accumulate=False: dinp = the gradient whatever it held (NaN here); the
     parameter gradients still accumulate."""
     shape = (3, 5, 6, 7)
@@ -467,7 +472,7 @@ def test_relu_default_cap_and_large(rng, close):
     close(out, np.maximum(x, 0), "relu", rtol=0, atol=0)
 
 
-def test_add(rng, close):
+def test_add(rng, close, isa):
     a, b = randn(rng, 2, 3, 5, 5), randn(rng, 2, 3, 5, 5)
     out = np.empty_like(a)
     C.add_forward(out, a, b)
@@ -991,6 +996,7 @@ def test_fd_flops_expected(prob_type, rng, close):
 THREAD_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
+    import dmcp                             # applies DMCP_ISA
     from dmcp import _C as C
     f32 = np.float32
     rng = np.random.default_rng(7)
@@ -998,6 +1004,16 @@ THREAD_SCRIPT = textwrap.dedent("""
     res = {}
     # dense 3x3 conv, big enough to cross the OpenMP/BLAS thresholds
     x, w, b = r(4, 8, 16, 16), r(16, 8, 3, 3), r(16)
+    # BN with rows longer than its 256-float chunks and not a multiple of them
+    xl = r(3, 5, 23, 29)
+    gl, bl = r(5), r(5)
+    lo, lm, li = np.empty_like(xl), np.empty(5, f32), np.empty(5, f32)
+    C.batchnorm_forward_train(lo, lm, li, np.zeros(5, f32), np.ones(5, f32), xl, gl, bl, 0.1, 1e-5,
+                              act=0.0)
+    ldx = np.empty_like(xl)
+    C.batchnorm_backward(ldx, None, None, r(*xl.shape), xl, lm, li, gl, True, False, beta=bl,
+                         act=0.0)
+    res.update(bnl_out=lo, bnl_dx=ldx)
     out = np.empty((4, 16, 8, 8), f32)
     C.conv2d_forward(out, x, w, b, 2, 2, 1, 1, 1, 1, 1)
     dout = r(*out.shape)
@@ -1064,23 +1080,55 @@ THREAD_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_results_independent_of_thread_count(tmp_path):
+def test_results_independent_of_thread_count_and_isa(tmp_path):
+    """Every kernel variant this CPU runs (base, avx2, avx512), on 1 and 2 threads,
+    gives the base 1-thread results to float rounding; integer outputs exactly."""
     script = tmp_path / "run.py"
     script.write_text(THREAD_SCRIPT)
     runs = {}
-    for nt in ("1", "2"):
-        env = dict(os.environ, OMP_NUM_THREADS=nt, OPENBLAS_NUM_THREADS=nt,
-                   PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        path = tmp_path / f"t{nt}.npz"
-        proc = subprocess.run([sys.executable, str(script), str(path)], env=env,
-                              capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        runs[nt] = np.load(path)
-    one, two = runs["1"], runs["2"]
-    for key in one.files:
-        a, b = one[key], two[key]
-        if a.dtype.kind == "i" or key == "dropout_mask":
-            assert np.array_equal(a, b), key
-        else:
-            scale = max(1.0, float(np.abs(a).max()))
-            np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * scale, err_msg=key)
+    for isa in C.isa_available():
+        for nt in ("1", "2"):
+            env = dict(os.environ, OMP_NUM_THREADS=nt, OPENBLAS_NUM_THREADS=nt, DMCP_ISA=isa,
+                       PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            path = tmp_path / f"{isa}{nt}.npz"
+            proc = subprocess.run([sys.executable, str(script), str(path)], env=env,
+                                  capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 0, proc.stderr
+            runs[isa, nt] = np.load(path)
+    one = runs["base", "1"]
+    for (isa, nt), two in runs.items():
+        for key in one.files:
+            a, b = one[key], two[key]
+            if a.dtype.kind == "i" or key == "dropout_mask":
+                assert np.array_equal(a, b), (isa, nt, key)
+            else:
+                scale = max(1.0, float(np.abs(a).max()))
+                np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * scale,
+                                           err_msg=f"{key} ({isa}, {nt} threads)")
+
+
+def test_isa_selection():
+    avail = C.isa_available()
+    assert avail[0] == "base" and C.isa() in avail
+    assert C.isa() == avail[-1] or os.environ.get("DMCP_ISA"), "import picks the best variant"
+    prev = C.isa()
+    try:
+        assert C.set_isa("base") == "base" and C.isa() == "base"
+    finally:
+        C.set_isa(prev)
+    with pytest.raises(ValueError, match="unknown ISA 'sse9'"):
+        C.set_isa("sse9")
+    with pytest.raises(TypeError, match="must be a str"):
+        C.set_isa(2)
+    if "avx512" not in avail:
+        with pytest.raises(ValueError, match="cannot run the 'avx512' kernels"):
+            C.set_isa("avx512")
+    assert C.isa() == prev
+    env = dict(os.environ, DMCP_ISA="base", PYTHONPATH=REPO)
+    out = subprocess.run([sys.executable, "-c", "import dmcp; print(dmcp._C.isa())"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "base", out.stderr
+    env["DMCP_ISA"] = "mmx"
+    out = subprocess.run([sys.executable, "-c", "import dmcp"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode != 0 and "unknown ISA 'mmx'" in out.stderr

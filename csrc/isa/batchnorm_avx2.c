@@ -1,0 +1,8 @@
+/* batchnorm.c built for the avx2 variant (see isa.h). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC target("avx2,fma,bmi,bmi2,lzcnt,popcnt,f16c")
+#define batchnorm_forward_train batchnorm_forward_train_avx2
+#define batchnorm_forward_eval batchnorm_forward_eval_avx2
+#define batchnorm_backward batchnorm_backward_avx2
+#include "../batchnorm.c"
+#endif
