@@ -22,6 +22,7 @@
 #include "conv2d.h"
 
 #include <cblas.h>
+#include <omp.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <string.h>
@@ -155,13 +156,26 @@ static int conv_chunk(const conv_shape *s)
     return (int)DMCP_MAX(1, DMCP_MIN(nb, (ptrdiff_t)s->n));
 }
 
+#define CONV_SLOTS 8           /* batch slices; also the weight-gradient partial sums */
 static ptrdiff_t conv_tiled_scratch(const conv_shape *s, bool *tiled, bool *data);
 static ptrdiff_t dw_scratch(const conv_shape *s);
+static bool conv_is_wino(const conv_shape *s);
+static size_t wino_scratch(const conv_shape *s);
 static bool conv_is_dw_direct(const conv_shape *s);
 
 /* Scratch of the GEMM path. */
+/* First image of slot i of `slots` over n images. */
+static int slot_start(int i, int slots, int n) { return (int)((long long)n * i / slots); }
+
+static bool conv_pointwise_images(const conv_shape *s)
+{
+    return conv_is_pointwise(s) && s->groups == 1 && s->n >= 2;
+}
+
 static size_t conv_gemm_scratch(const conv_shape *s)
 {
+    if (conv_pointwise_images(s))    /* per-slot weight-gradient partial sums */
+        return (size_t)DMCP_MIN(s->n, CONV_SLOTS) * s->oc * s->c;
     const size_t nb = (size_t)conv_chunk(s), ohw = (size_t)s->oh * s->ow;
     const size_t rows = (size_t)s->c * s->kh * s->kw;
     if (nb == 1)   /* one image's column matrix (none for pointwise) */
@@ -178,9 +192,9 @@ size_t conv2d_scratch_floats(const conv_shape *s)
         return (size_t)dw_scratch(s);
     bool tiled, data;
     const ptrdiff_t t = conv_tiled_scratch(s, &tiled, &data);
-    if (!tiled)
-        return conv_gemm_scratch(s);
-    return data ? (size_t)t : DMCP_MAX((size_t)t, conv_gemm_scratch(s));
+    const size_t rest = !tiled ? conv_gemm_scratch(s)
+                        : data ? (size_t)t : DMCP_MAX((size_t)t, conv_gemm_scratch(s));
+    return conv_is_wino(s) ? DMCP_MAX(rest, wino_scratch(s)) : rest;
 }
 
 /* ---- im2col / col2im ---- */
@@ -324,6 +338,21 @@ static void conv_gemm_forward(float *out, const float *inp, const float *weight,
     const ptrdiff_t ohw = (ptrdiff_t)s->oh * s->ow, hw = (ptrdiff_t)s->h * s->w;
     const ptrdiff_t rows = (ptrdiff_t)s->c * s->kh * s->kw;
     const bool pointwise = conv_is_pointwise(s);
+    if (conv_pointwise_images(s)) {
+        /* images over threads, one single-threaded GEMM each: no fork/join
+         * per image, no gather/scatter, every thread a whole GEMM */
+        if (bias != NULL)
+            fill_bias(out, bias, s->n, s->oc, ohw);
+        const int blas_threads = openblas_get_num_threads();
+        openblas_set_num_threads(1);
+        #pragma omp parallel for schedule(dynamic, 1)
+        for (int b = 0; b < s->n; b++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->oc, (int)ohw, k, 1.0f,
+                        weight, ldw, inp + (ptrdiff_t)b * s->c * hw, (int)ohw,
+                        bias != NULL ? 1.0f : 0.0f, out + (ptrdiff_t)b * s->oc * ohw, (int)ohw);
+        openblas_set_num_threads(blas_threads);
+        return;
+    }
     const int chunk = conv_chunk(s);
     /* one image at a time writes in place, on top of the bias filled first */
     const bool in_place = chunk == 1;
@@ -358,10 +387,60 @@ static void conv_gemm_forward(float *out, const float *inp, const float *weight,
  * dcol_g = W_g^T @ dout_g, then col2im into dinp (pointwise, one image:
  * straight into dinp with beta = 1).  dcol_g overwrites col_g once dW_g has
  * used it. */
+/* Pointwise convs, images over threads with one single-threaded GEMM each:
+ * dinp[b] = W^T @ dout[b] (beta 1: accumulates); dW partial of slot i (a
+ * fixed range of images, CONV_SLOTS at most) = sum of dout[b] @ inp[b]^T,
+ * then dW += the partials in slot order, so no result depends on the thread
+ * count. */
+static void conv_pointwise_backward(float *dinp, float *dweight, const float *dout,
+                                    const float *inp, const float *weight,
+                                    const conv_shape *s, float *scratch)
+{
+    const int c = s->c, oc = s->oc, ldw = s->w_cin_full;
+    const ptrdiff_t hw = (ptrdiff_t)s->h * s->w;
+    const int slots = DMCP_MIN(s->n, CONV_SLOTS);
+    const int blas_threads = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    if (dinp != NULL) {
+        #pragma omp parallel for schedule(dynamic, 1)
+        for (int b = 0; b < s->n; b++)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c, (int)hw, oc, 1.0f, weight, ldw,
+                        dout + (ptrdiff_t)b * oc * hw, (int)hw, 1.0f,
+                        dinp + (ptrdiff_t)b * c * hw, (int)hw);
+    }
+    if (dweight != NULL) {
+        #pragma omp parallel for schedule(dynamic, 1)
+        for (int i = 0; i < slots; i++) {
+            float *part = scratch + (ptrdiff_t)i * oc * c;
+            const int b0 = slot_start(i, slots, s->n), b1 = slot_start(i + 1, slots, s->n);
+            for (int b = b0; b < b1; b++)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, oc, c, (int)hw, 1.0f,
+                            dout + (ptrdiff_t)b * oc * hw, (int)hw, inp + (ptrdiff_t)b * c * hw,
+                            (int)hw, b == b0 ? 0.0f : 1.0f, part, c);
+        }
+    }
+    openblas_set_num_threads(blas_threads);
+    if (dweight == NULL)
+        return;
+    #pragma omp parallel for schedule(static) if ((ptrdiff_t)oc * c * slots > CONV_PAR_MIN)
+    for (int o = 0; o < oc; o++) {
+        float *dw = dweight + (ptrdiff_t)o * ldw;
+        for (int i = 0; i < slots; i++) {
+            const float *part = scratch + ((ptrdiff_t)i * oc + o) * c;
+            for (int ci = 0; ci < c; ci++)
+                dw[ci] += part[ci];
+        }
+    }
+}
+
 static void conv_gemm_backward(float *dinp, float *dweight, const float *dout,
                                const float *inp, const float *weight,
                                const conv_shape *s, float *scratch)
 {
+    if (conv_pointwise_images(s)) {
+        conv_pointwise_backward(dinp, dweight, dout, inp, weight, s, scratch);
+        return;
+    }
     const int groups = s->groups, cg = s->c / groups, ocg = s->oc / groups;
     const int ldw = s->w_cin_full * s->kh * s->kw, k = cg * s->kh * s->kw;
     const ptrdiff_t ohw = (ptrdiff_t)s->oh * s->ow, hw = (ptrdiff_t)s->h * s->w;
@@ -425,7 +504,7 @@ static void conv_gemm_backward(float *dinp, float *dweight, const float *dout,
 
 #define CONV_MR 6              /* micro-tile rows */
 #define CONV_NR 16             /* micro-tile columns (two 8-float vectors) */
-#define CONV_SLOTS 8           /* batch slices; also the weight-gradient partial sums */
+#define CONV_SLOTS_MAX 64      /* most threads that get their own Winograd block buffers */
 #ifndef CONV_TILE_FLOATS
 #define CONV_TILE_FLOATS (1 << 17)  /* target tile size, K x pixels (512 KB) */
 #endif
@@ -779,8 +858,6 @@ static void tiled_backward_slot(float *dimg, float *dwt, const float *dy, const 
     }
 }
 
-/* First image of slot i of `slots` over n images. */
-static int slot_start(int i, int slots, int n) { return (int)((long long)n * i / slots); }
 
 static void conv_tiled_forward(float *out, const float *inp, const float *weight,
                                const float *bias, const conv_shape *s, const conv_tiling *t,
@@ -1196,6 +1273,283 @@ static void dw_backward(float *dinp, float *dweight, const float *dout,
 
 /* ---- public kernels ---- */
 
+/* ---- Winograd F(2x2, 3x3): 3x3, stride 1, dilation 1, dense convs ----
+ *
+ * Y = A^T [(G g G^T) . (B^T d B)] A per 2x2 output tile d: 16 products per
+ * tile and channel pair instead of 36.  U[xi] (R, K), xi < 16, holds the
+ * transformed weights (once per call, rows padded to CONV_MR with zeros).
+ * The tiles of the whole batch are cut into blocks of `tb` (a multiple of
+ * CONV_NR); one OpenMP region runs the blocks, and each thread, per block:
+ *   V[xi] (K, tb)  <- B^T d B of the block's 4x4 input tiles
+ *   M[xi] (R, tb)  =  U[xi] @ V[xi]   (conv_kernel, 16 small GEMMs in cache)
+ *   out            <- A^T M A, 2x2 per tile, cropped at odd edges.
+ * Forward: K = c inputs, R = oc outputs.  Backward-data is the same conv of
+ * dout with the flipped, transposed kernel and padding 2 - p (so p <= 2):
+ * K = oc, R = c.  The transforms only add and halve, so results differ from
+ * the direct sums by float rounding (tests hold them to the naive kernel);
+ * blocks depend on the shape only, so not on the thread count.
+ * Taken when both channel counts are at least WINO_MIN_CH. */
+
+#define WINO_MAX_ROW 4096      /* widest padded row of tiles the stack buffers hold */
+#ifndef WINO_MIN_CH
+#define WINO_MIN_CH 16
+#endif
+/* Target floats of a block's V and M (512 KB: they stay in L2). */
+#ifndef WINO_BLOCK_FLOATS
+#define WINO_BLOCK_FLOATS (1 << 17)
+#endif
+
+static bool conv_is_wino(const conv_shape *s)
+{
+    return s->kh == 3 && s->kw == 3 && s->sh == 1 && s->sw == 1 && s->dh == 1 && s->dw == 1 &&
+           s->groups == 1 && s->ph <= 2 && s->pw <= 2 && s->c >= WINO_MIN_CH &&
+           s->oc >= WINO_MIN_CH && s->c <= CONV_TILED_MAX_K && s->oc <= CONV_TILED_MAX_K &&
+           s->w + 6 <= WINO_MAX_ROW && s->ow + 6 <= WINO_MAX_ROW;
+}
+
+/* Tiles per block for K inputs and R outputs. */
+static int wino_block(int k, int r)
+{
+    const ptrdiff_t tb = WINO_BLOCK_FLOATS / ((ptrdiff_t)16 * (k + round_up(r, CONV_MR)));
+    return (int)DMCP_MAX(CONV_NR, DMCP_MIN(256, tb / CONV_NR * CONV_NR));
+}
+
+/* Floats of U plus one block's V and M, for R outputs from K inputs. */
+static ptrdiff_t wino_floats(int k, int r, int threads)
+{
+    const ptrdiff_t rp = round_up(r, CONV_MR);
+    return 16 * rp * k + (ptrdiff_t)threads * 16 * (k + rp) * wino_block(k, r);
+}
+
+static size_t wino_scratch(const conv_shape *s)
+{
+    const int threads = DMCP_MIN(omp_get_max_threads(), CONV_SLOTS_MAX);
+    return (size_t)DMCP_MAX(wino_floats(s->c, s->oc, threads), wino_floats(s->oc, s->c, threads));
+}
+
+/* U[xi][r][k] = (G g G^T)[xi] of the 3x3 kernel g linking input k to output r,
+ * r < rp (rows past r_n zero): forward g = W[r][k]; flipped (backward-data)
+ * g[y][x] = W[k][r][2-y][2-x]. */
+static void wino_weights(float *U, const float *weight, int ldw, int r_n, int rp, int k_n,
+                         bool flip)
+{
+    const ptrdiff_t plane = (ptrdiff_t)rp * k_n;
+    #pragma omp parallel for schedule(static) if (plane * 16 > CONV_PAR_MIN)
+    for (int r = 0; r < rp; r++) {
+        for (int k = 0; k < k_n; k++) {
+            float g[3][3] = {{0}}, t[4][3];
+            if (r < r_n) {
+                const float *w = flip ? weight + (ptrdiff_t)k * ldw + r * 9
+                                      : weight + (ptrdiff_t)r * ldw + k * 9;
+                for (int y = 0; y < 3; y++)
+                    for (int x = 0; x < 3; x++)
+                        g[y][x] = flip ? w[(2 - y) * 3 + (2 - x)] : w[y * 3 + x];
+            }
+            for (int x = 0; x < 3; x++) {         /* t = G g */
+                t[0][x] = g[0][x];
+                t[1][x] = 0.5f * (g[0][x] + g[1][x] + g[2][x]);
+                t[2][x] = 0.5f * (g[0][x] - g[1][x] + g[2][x]);
+                t[3][x] = g[2][x];
+            }
+            float *u = U + (ptrdiff_t)r * k_n + k;
+            for (int y = 0; y < 4; y++) {         /* U = t G^T */
+                u[(y * 4 + 0) * plane] = t[y][0];
+                u[(y * 4 + 1) * plane] = 0.5f * (t[y][0] + t[y][1] + t[y][2]);
+                u[(y * 4 + 2) * plane] = 0.5f * (t[y][0] - t[y][1] + t[y][2]);
+                u[(y * 4 + 3) * plane] = t[y][2];
+            }
+        }
+    }
+}
+
+/* Geometry of one Winograd conv: in (N, K, H, W) -> out (N, R, OH, OW). */
+typedef struct {
+    int n, k, h, w, r, rp, oh, ow, ph, pw, th, tw, tb;
+} wino_geom;
+
+/* The run of tiles starting at block tile t, within a row of tiles: image b,
+ * tile row ty, columns tx0 .. tx1-1, ending at or before block tile `end`. */
+typedef struct { int b, ty, tx0, tx1; } wino_run;
+
+static wino_run wino_run_at(const wino_geom *g, ptrdiff_t t, ptrdiff_t end)
+{
+    const ptrdiff_t per = (ptrdiff_t)g->th * g->tw;
+    wino_run r;
+    r.b = (int)(t / per);
+    r.ty = (int)(t % per / g->tw);
+    r.tx0 = (int)(t % g->tw);
+    r.tx1 = (int)DMCP_MIN((ptrdiff_t)g->tw, r.tx0 + end - t);
+    return r;
+}
+
+/* V[xi][k][j] <- B^T d B of tile t0 + j, j < cnt (columns up to tb zero);
+ * tile t = (b*TH + ty)*TW + tx reads rows 2ty - ph .. +3 and columns
+ * 2tx - pw .. +3 of image b, zero outside.  Each row of tiles first copies
+ * its 4 input rows into zero-padded rows, so the transform is one loop over
+ * the tiles that vectorises. */
+static void wino_inputs(float *V, const float *in, const wino_geom *g, ptrdiff_t t0, int cnt)
+{
+    const ptrdiff_t plane = (ptrdiff_t)g->k * g->tb;
+    float rows[4][WINO_MAX_ROW];
+    for (int k = 0; k < g->k; k++) {
+        float *v = V + (ptrdiff_t)k * g->tb;
+        for (ptrdiff_t t = t0; t < t0 + cnt;) {
+            const wino_run run = wino_run_at(g, t, t0 + cnt);
+            const int b = run.b, ty = run.ty, tx0 = run.tx0, tx1 = run.tx1, j0 = (int)(t - t0);
+            t += tx1 - tx0;
+            const float *src = in + ((ptrdiff_t)b * g->k + k) * g->h * g->w;
+            const int x0 = 2 * tx0 - g->pw, len = 2 * (tx1 - tx0) + 2;
+            for (int y = 0; y < 4; y++) {
+                const int iy = 2 * ty - g->ph + y;
+                float *row = rows[y];
+                if (iy < 0 || iy >= g->h) {
+                    memset(row, 0, (size_t)len * sizeof *row);
+                    continue;
+                }
+                const float *sr = src + (ptrdiff_t)iy * g->w;
+                const int lo = DMCP_MAX(0, -x0), hi = DMCP_MIN(len, g->w - x0);
+                if (lo > 0) memset(row, 0, (size_t)lo * sizeof *row);
+                if (hi > lo) memcpy(row + lo, sr + x0 + lo, (size_t)(hi - lo) * sizeof *row);
+                if (hi < len) memset(row + DMCP_MAX(hi, lo), 0, (size_t)(len - DMCP_MAX(hi, lo)) * sizeof *row);
+            }
+            float *vj = v + j0;
+            const float *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3];
+            #pragma omp simd
+            for (int j = 0; j < tx1 - tx0; j++) {
+                const int x = 2 * j;
+                float t4[4][4];                   /* t = B^T d, column by column */
+                for (int c = 0; c < 4; c++) {
+                    t4[0][c] = r0[x + c] - r2[x + c];
+                    t4[1][c] = r1[x + c] + r2[x + c];
+                    t4[2][c] = r2[x + c] - r1[x + c];
+                    t4[3][c] = r1[x + c] - r3[x + c];
+                }
+                for (int y = 0; y < 4; y++) {     /* V = t B */
+                    vj[(y * 4 + 0) * plane + j] = t4[y][0] - t4[y][2];
+                    vj[(y * 4 + 1) * plane + j] = t4[y][1] + t4[y][2];
+                    vj[(y * 4 + 2) * plane + j] = t4[y][2] - t4[y][1];
+                    vj[(y * 4 + 3) * plane + j] = t4[y][1] - t4[y][3];
+                }
+            }
+        }
+        for (int xi = 0; xi < 16; xi++)
+            memset(v + xi * plane + cnt, 0, (size_t)(g->tb - cnt) * sizeof *v);
+    }
+}
+
+/* out (=|+=) A^T M A [+ bias] for tiles t0 .. t0 + cnt: a row of tiles at a
+ * time into two full output rows on the stack, then copied (added) cropped. */
+static void wino_outputs(float *out, const float *M, const float *bias, const wino_geom *g,
+                         ptrdiff_t t0, int cnt, bool add)
+{
+    const ptrdiff_t plane = (ptrdiff_t)g->rp * g->tb;
+    float rows[2][WINO_MAX_ROW], quad[4][WINO_MAX_ROW / 2];
+    for (int r = 0; r < g->r; r++) {
+        const float *m = M + (ptrdiff_t)r * g->tb;
+        const float bv = bias != NULL ? bias[r] : 0.0f;
+        for (ptrdiff_t t = t0; t < t0 + cnt;) {
+            const wino_run run = wino_run_at(g, t, t0 + cnt);
+            const int b = run.b, ty = run.ty, tx0 = run.tx0, tx1 = run.tx1, j0 = (int)(t - t0);
+            t += tx1 - tx0;
+            const float *mj = m + j0;
+            float *y00 = quad[0], *y01 = quad[1], *y10 = quad[2], *y11 = quad[3];
+            const int nt = tx1 - tx0;
+            #pragma omp simd
+            for (int j = 0; j < nt; j++) {
+                float q[4][4], s2[2][4];
+                for (int xi = 0; xi < 16; xi++)
+                    q[xi / 4][xi % 4] = mj[xi * plane + j];
+                for (int x = 0; x < 4; x++) {     /* s = A^T q */
+                    s2[0][x] = q[0][x] + q[1][x] + q[2][x];
+                    s2[1][x] = q[1][x] - q[2][x] - q[3][x];
+                }
+                y00[j] = s2[0][0] + s2[0][1] + s2[0][2] + bv;
+                y01[j] = s2[0][1] - s2[0][2] - s2[0][3] + bv;
+                y10[j] = s2[1][0] + s2[1][1] + s2[1][2] + bv;
+                y11[j] = s2[1][1] - s2[1][2] - s2[1][3] + bv;
+            }
+            for (int j = 0; j < nt; j++) {        /* interleave the columns */
+                rows[0][2 * j] = y00[j];
+                rows[0][2 * j + 1] = y01[j];
+                rows[1][2 * j] = y10[j];
+                rows[1][2 * j + 1] = y11[j];
+            }
+            float *dst = out + ((ptrdiff_t)b * g->r + r) * g->oh * g->ow;
+            const int ox = 2 * tx0, len = DMCP_MIN(2 * (tx1 - tx0), g->ow - ox);
+            for (int a = 0; a < 2 && 2 * ty + a < g->oh; a++) {
+                float *restrict o = dst + (ptrdiff_t)(2 * ty + a) * g->ow + ox;
+                const float *restrict yr = rows[a];
+                if (add) {
+                    for (int x = 0; x < len; x++) o[x] += yr[x];
+                } else {
+                    memcpy(o, yr, (size_t)len * sizeof *o);
+                }
+            }
+        }
+    }
+}
+
+/* out (=|+=) conv3x3(in) with U from wino_weights; work: one block's V and M per
+ * thread (at most CONV_SLOTS_MAX threads, as wino_scratch counted them). */
+static void wino_conv(float *out, const float *in, const float *U, const float *bias,
+                      const wino_geom *g, bool add, float *work)
+{
+    const ptrdiff_t tiles = (ptrdiff_t)g->n * g->th * g->tw;
+    const ptrdiff_t nblocks = (tiles + g->tb - 1) / g->tb;
+    const ptrdiff_t vf = (ptrdiff_t)16 * g->k * g->tb, mf = (ptrdiff_t)16 * g->rp * g->tb;
+    const int nth = (int)DMCP_MIN(nblocks, (ptrdiff_t)DMCP_MIN(omp_get_max_threads(), CONV_SLOTS_MAX));
+    #pragma omp parallel num_threads(nth)
+    {
+        const int me = omp_get_thread_num();
+        float *V = work + (ptrdiff_t)me * (vf + mf), *M = V + vf;
+        int aoff[CONV_MR], boff[CONV_TILED_MAX_K];
+        linear_offsets(aoff, CONV_MR, g->k);
+        linear_offsets(boff, g->k, g->tb);
+        #pragma omp for schedule(dynamic, 1)
+        for (ptrdiff_t blk = 0; blk < nblocks; blk++) {
+            const ptrdiff_t t0 = blk * g->tb;
+            const int cnt = (int)DMCP_MIN((ptrdiff_t)g->tb, tiles - t0);
+            wino_inputs(V, in, g, t0, cnt);
+            const int cols = (int)round_up(cnt, CONV_NR);
+            for (int xi = 0; xi < 16; xi++) {
+                const float *u = U + (ptrdiff_t)xi * g->rp * g->k;
+                const float *v = V + (ptrdiff_t)xi * g->k * g->tb;
+                float *m = M + (ptrdiff_t)xi * g->rp * g->tb;
+                for (int i0 = 0; i0 < g->rp; i0 += CONV_MR)
+                    for (int jp = 0; jp < cols; jp += CONV_NR)
+                        conv_kernel(g->k, u + (ptrdiff_t)i0 * g->k, aoff, v + jp, boff,
+                                    m + (ptrdiff_t)i0 * g->tb + jp, g->tb, false);
+            }
+            wino_outputs(out, M, bias, g, t0, cnt, add);
+        }
+    }
+}
+
+static wino_geom wino_geom_of(int n, int k, int h, int w, int r, int oh, int ow, int ph, int pw)
+{
+    wino_geom g = {n, k, h, w, r, (int)round_up(r, CONV_MR), oh, ow, ph, pw,
+                   (oh + 1) / 2, (ow + 1) / 2, wino_block(k, r)};
+    return g;
+}
+
+static void wino_forward(float *out, const float *inp, const float *weight, const float *bias,
+                         const conv_shape *s, float *scratch)
+{
+    const wino_geom g = wino_geom_of(s->n, s->c, s->h, s->w, s->oc, s->oh, s->ow, s->ph, s->pw);
+    wino_weights(scratch, weight, s->w_cin_full * 9, g.r, g.rp, g.k, false);
+    wino_conv(out, inp, scratch, bias, &g, false, scratch + (ptrdiff_t)16 * g.rp * g.k);
+}
+
+/* dinp (N, c, H, W) += conv3x3(dout, flipped W^T), padding 2 - p. */
+static void wino_backward_data(float *dinp, const float *dout, const float *weight,
+                               const conv_shape *s, float *scratch)
+{
+    const wino_geom g = wino_geom_of(s->n, s->oc, s->oh, s->ow, s->c, s->h, s->w, 2 - s->ph,
+                                     2 - s->pw);
+    wino_weights(scratch, weight, s->w_cin_full * 9, g.r, g.rp, g.k, true);
+    wino_conv(dinp, dout, scratch, NULL, &g, true, scratch + (ptrdiff_t)16 * g.rp * g.k);
+}
+
 /* inp (N,c,H,W); weight (OC_full, w_cin_full, KH, KW), rows [:oc], inputs [:c/groups];
  * bias (OC_full) or NULL, [:oc] used; out (N,oc,OH,OW);
  * scratch conv2d_scratch_floats(s) floats (may be NULL when that is 0). */
@@ -1211,6 +1565,8 @@ dmcp_status conv2d_forward(float *out, const float *inp, const float *weight,
     conv_tiling t;
     if (conv_is_dw_direct(s))
         dw_forward(out, inp, weight, bias, s, scratch);
+    else if (conv_is_wino(s))
+        wino_forward(out, inp, weight, bias, s, scratch);
     else if (conv_tiling_of(s, &t))
         conv_tiled_forward(out, inp, weight, bias, s, &t, scratch);
     else
@@ -1253,6 +1609,12 @@ dmcp_status conv2d_backward(float *dinp, float *dweight, float *dbias,
     }
     if (dinp == NULL && dweight == NULL)
         return DMCP_OK;
+    if (dinp != NULL && conv_is_wino(s)) {
+        wino_backward_data(dinp, dout, weight, s, scratch);
+        dinp = NULL;
+        if (dweight == NULL)
+            return DMCP_OK;
+    }
     conv_tiling t;
     if (conv_is_dw_direct(s)) {
         dw_backward(dinp, dweight, dout, inp, weight, s, scratch);
