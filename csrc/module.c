@@ -79,7 +79,8 @@ static PyArrayObject *as_array(PyObject *obj, const char *fn, const char *arg,
 static PyArrayObject *opt_array(PyObject *obj, const char *fn, const char *arg,
                                 int ndim, int writable, int *ok)
 {
-    if (obj == Py_None) return NULL;
+    /* after one failure the rest are not checked: no check runs with an error pending */
+    if (!*ok || obj == Py_None) return NULL;
     PyArrayObject *a = as_array(obj, fn, arg, NPY_FLOAT32, ndim, writable);
     if (!a) *ok = 0;
     return a;
@@ -181,6 +182,15 @@ static int conv_shape_from(conv_shape *s, const char *fn, PyArrayObject *inp, Py
         PyErr_Format(PyExc_ValueError, "%s: stride and dilation must be >= 1, padding >= 0 and "
                      "groups >= 1 (got stride=(%d,%d) padding=(%d,%d) dilation=(%d,%d) groups=%d)",
                      fn, sh, sw, ph, pw, dh, dw, groups);
+        return 0;
+    }
+    /* bounded so that every size the kernels derive (padded planes, phase
+     * grids, dilated spans) stays far inside int */
+    const int lim = 1 << 16;
+    if (sh > lim || sw > lim || ph > lim || pw > lim || dh > lim || dw > lim) {
+        PyErr_Format(PyExc_ValueError, "%s: stride, padding and dilation must be at most %d "
+                     "(got stride=(%d,%d) padding=(%d,%d) dilation=(%d,%d))",
+                     fn, lim, sh, sw, ph, pw, dh, dw);
         return 0;
     }
     memset(s, 0, sizeof(*s));
@@ -687,7 +697,7 @@ static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args)
         !(am = as_array(o_am, FN, "argmax", NPY_INT32, 4, 1)) ||
         !(inp = F32(o_inp, "inp", 4, 0))) return NULL;
     if (!same_shape(am, out, FN, "argmax", "out")) return NULL;
-    if (k < 1 || s < 1 || p < 0 || 2 * p > k) {
+    if (k < 1 || s < 1 || p < 0 || 2LL * p > k) {
         PyErr_Format(PyExc_ValueError, "%s: need kernel >= 1, stride >= 1, 0 <= padding <= "
                      "kernel/2 (got %d, %d, %d)", FN, k, s, p);
         return NULL;
@@ -1340,13 +1350,13 @@ static PyObject *py_resize_crop(PyObject *self, PyObject *args)
         return NULL;
     }
     if (g.crop_h < 1 || g.crop_w < 1 || g.crop_y < 0 || g.crop_x < 0 ||
-        g.crop_y + g.crop_h > g.h || g.crop_x + g.crop_w > g.w) {
+        (long long)g.crop_y + g.crop_h > g.h || (long long)g.crop_x + g.crop_w > g.w) {
         PyErr_Format(PyExc_ValueError, "%s: crop (y=%d, x=%d, h=%d, w=%d) is not inside the "
                      "%dx%d input", FN, g.crop_y, g.crop_x, g.crop_h, g.crop_w, g.h, g.w);
         return NULL;
     }
-    if (g.rh < 1 || g.rw < 1 || g.oy < 0 || g.ox < 0 || g.oy + g.oh > g.rh ||
-        g.ox + g.ow > g.rw) {
+    if (g.rh < 1 || g.rw < 1 || g.oy < 0 || g.ox < 0 || (long long)g.oy + g.oh > g.rh ||
+        (long long)g.ox + g.ow > g.rw) {
         PyErr_Format(PyExc_ValueError, "%s: window (oy=%d, ox=%d) of size %dx%d ('out') is not "
                      "inside the %dx%d resized crop", FN, g.oy, g.ox, g.oh, g.ow, g.rh, g.rw);
         return NULL;

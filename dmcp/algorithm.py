@@ -296,31 +296,31 @@ def plain_train_step(net, optimizer, x, y, dist):
 
 # ---------------------------------------------------------------- sampling (DMCP.md section 8)
 
-def sample_subnets(model, num, rng, max_draws=2000, histogram_draws=500):
+def sample_subnets(model, num, rng, max_draws=2000, histogram_draws=500, target_mflops=None):
     """``num`` direct samples within [0.95T, 1.05T] plus the expected-width subnet.
-    Returns {'subnets': {name: (fix_subnet dict, flops)}, 'histogram': [MFLOPs of direct draws],
-    'expected_channels': {unit: E[c]}}."""
+    A draw that finds none in ``max_draws`` keeps the closest one and is listed in
+    'missed' (the search is not lost; the caller warns).  Returns {'subnets': {name:
+    (fix_subnet dict, flops)}, 'histogram': [MFLOPs of direct draws], 'expected_channels':
+    {unit: E[c]}, 'missed': [names outside the window], 'target_mflops': T}."""
     mut = model.mutator
     shape = model.input_shape
     demo = (1,) + tuple(shape)
-    lo, hi = 0.95 * model.target_mflops * 1e6, 1.05 * model.target_mflops * 1e6
-    subnets, hist = {}, []
+    target = float(model.target_mflops if target_mflops is None else target_mflops) * 1e6
+    lo, hi = 0.95 * target, 1.05 * target
+    subnets, hist, missed = {}, [], []
     for i in range(num):
         best = None
         for _ in range(max_draws):
             mut.set_widths("direct", rng)
             f = mut.current_flops(shape)
             hist.append(f / 1e6)
-            if best is None or abs(f - model.target_mflops * 1e6) < abs(best - model.target_mflops * 1e6):
-                best = f
-            if lo <= f <= hi:
-                subnets[f"subnet_{i + 1}"] = (mut.export_subnet(demo), f)
+            if best is None or abs(f - target) < abs(best[1] - target):
+                best = (mut.export_subnet(demo), f)
+            if lo <= f <= hi:       # inside the window is closer than anything outside it
                 break
         else:
-            mut.set_widths("max")
-            raise UserError(f"DMCPSubnetHook: no direct sample within 5% of {model.target_mflops:.2f} "
-                            f"MFLOPs in {max_draws} draws (closest {best / 1e6:.2f} MFLOPs); train "
-                            f"the architecture longer or change target_flops")
+            missed.append(f"subnet_{i + 1}")
+        subnets[f"subnet_{i + 1}"] = best
     while len(hist) < histogram_draws:
         mut.set_widths("direct", rng)
         hist.append(mut.current_flops(shape) / 1e6)
@@ -328,4 +328,15 @@ def sample_subnets(model, num, rng, max_draws=2000, histogram_draws=500):
     mut.set_widths("expected")
     subnets["expected_ch"] = (mut.export_subnet(demo), mut.current_flops(shape))
     mut.set_widths("max")
-    return {"subnets": subnets, "histogram": hist, "expected_channels": expected}
+    return {"subnets": subnets, "histogram": hist, "expected_channels": expected,
+            "missed": missed, "target_mflops": target / 1e6}
+
+
+def missed_window_message(samples, max_draws):
+    """The WARNING for subnets that missed the +-5% window, with what to change."""
+    t = samples["target_mflops"]
+    got = ", ".join(f"{n} {samples['subnets'][n][1] / 1e6:.2f}" for n in samples["missed"])
+    return (f"DMCPSubnetHook: no direct sample within 5% of {t:.2f} MFLOPs in {max_draws} draws "
+            f"for {len(samples['missed'])} subnet(s); kept the closest ({got} MFLOPs) and "
+            f"expected_ch. Train the architecture longer (arch_train_freq, max_epochs), raise "
+            f"flop_loss_weight, or sample again with tools/sample_subnets.py --target")

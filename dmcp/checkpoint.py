@@ -10,6 +10,7 @@ import os
 import pickle
 import re
 import zipfile
+import zlib
 from collections import OrderedDict
 
 import numpy as np
@@ -50,11 +51,34 @@ class _StorageType:
 
 
 def _rebuild_tensor(storage, offset, size, stride, *unused):
+    """The tensor (offset, size, stride) views in storage, copied; every element it
+    would read must lie inside the storage (a crafted file cannot read stray memory)."""
+    if not isinstance(storage, np.ndarray):
+        raise pickle.UnpicklingError(f"tensor storage is a {type(storage).__name__}, not a storage")
+    try:
+        offset = int(offset)
+        size, stride = tuple(int(v) for v in size), tuple(int(v) for v in stride)
+    except (TypeError, ValueError):
+        raise pickle.UnpicklingError(f"tensor offset/size/stride are not integers: "
+                                     f"{offset!r} {size!r} {stride!r}") from None
+    if len(stride) != len(size) or offset < 0 or any(v < 0 for v in size + stride):
+        raise pickle.UnpicklingError(f"tensor size {size} / stride {stride} / offset {offset} "
+                                     f"are inconsistent")
     if not size:
+        if offset >= storage.size:
+            raise pickle.UnpicklingError(f"scalar tensor at {offset} lies outside its storage of "
+                                         f"{storage.size} elements")
         return storage[offset:offset + 1].reshape(()).copy()
+    if 0 in size:
+        return np.zeros(size, storage.dtype)
+    last = offset + sum((n - 1) * st for n, st in zip(size, stride))
+    if last >= storage.size:
+        raise pickle.UnpicklingError(f"tensor of size {size} and stride {stride} at offset "
+                                     f"{offset} reads element {last} of a storage of "
+                                     f"{storage.size}")
     item = storage.itemsize
-    return np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
-                                           strides=tuple(s * item for s in stride)).copy()
+    return np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
+                                           strides=tuple(st * item for st in stride)).copy()
 
 
 def _rebuild_parameter(data, *unused):
@@ -83,6 +107,8 @@ class _Unpickler(pickle.Unpickler):
         return _Placeholder
 
     def persistent_load(self, pid):
+        if not isinstance(pid, tuple) or len(pid) < 3:
+            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
         kind, stype, key = pid[0], pid[1], pid[2]
         if kind != "storage":
             raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
@@ -113,8 +139,11 @@ def read_pth(path):
         with archive.open(pkl[0]) as f:
             try:
                 return _Unpickler(f, archive, prefix).load()
-            except (pickle.UnpicklingError, KeyError, ValueError) as e:
-                raise UserError(f"checkpoint '{path}' could not be read: {e}") from None
+            except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError,
+                    AttributeError, IndexError, zlib.error, zipfile.BadZipFile, RecursionError,
+                    MemoryError) as e:
+                raise UserError(f"checkpoint '{path}' could not be read: "
+                                f"{type(e).__name__}: {e}") from None
 
 
 def read_checkpoint(path):
@@ -125,6 +154,11 @@ def read_checkpoint(path):
                 return {k[len("state_dict/"):]: z[k] for k in z.files if k.startswith("state_dict/")}
         except FileNotFoundError:
             raise UserError(f"checkpoint '{path}' does not exist") from None
+        except IsADirectoryError:
+            raise UserError(f"checkpoint '{path}' is a directory, not a file") from None
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zlib.error) as e:
+            raise UserError(f"checkpoint '{path}' is not a readable dmcp checkpoint "
+                            f"(truncated or not a .npz): {type(e).__name__}: {e}") from None
     obj = read_pth(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]

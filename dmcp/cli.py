@@ -8,7 +8,6 @@ import sys
 from .config import Config, ConfigError, parse_cfg_options
 from .units import UserError
 
-_DATASET_SHAPES = {"FashionMNIST": (1, 28, 28), "CIFAR10": (3, 32, 32), "MNIST": (1, 28, 28)}
 
 
 def run(main, argv=None):
@@ -34,33 +33,6 @@ def load_config(path, options=None):
     return cfg
 
 
-def _dataset_of(cfg):
-    dl = cfg.get("val_dataloader") or cfg.get("train_dataloader") or {}
-    return dl.get("dataset", {}) if isinstance(dl, dict) else {}
-
-
-def input_shape_of(cfg):
-    """(C, H, W) FLOPs are counted at: demo_input, else what the val pipeline produces."""
-    model = cfg.get("model", {})
-    demo = (model.get("mutator_cfg") or {}).get("parse_cfg", {}).get("demo_input") \
-        if isinstance(model, dict) else None
-    if demo:
-        return tuple(int(v) for v in demo[1:])
-    ds = _dataset_of(cfg)
-    base = _DATASET_SHAPES.get(str(ds.get("type", "")).split(".")[-1], (3, 224, 224))
-    size = None
-    for t in ds.get("pipeline", []) or []:
-        kind = str(t.get("type", "")).split(".")[-1]
-        if kind == "CenterCrop":
-            size = t.get("crop_size")
-        elif kind in ("RandomResizedCrop", "Resize") and size is None:
-            size = t.get("scale")
-    if size is None:
-        return base
-    h, w = (size, size) if isinstance(size, int) else (size[1], size[0])
-    return (base[0], int(h), int(w))
-
-
 def _architecture_cfg(cfg):
     model = cfg.get("model")
     if model is None:
@@ -71,7 +43,7 @@ def _architecture_cfg(cfg):
 
 def get_flops_main(argv):
     from .algorithm import build_classifier, build_pruned
-    from .flops import count_flops
+    from .flops import count_flops, flops_input_shape
     from .units import Mutator, apply_subnet
     p = argparse.ArgumentParser(prog="get_flops.py", description="Conv+linear MACs and parameters "
                                 "of a config's model (optionally a pruned structure).")
@@ -82,11 +54,7 @@ def get_flops_main(argv):
     p.add_argument("--cfg-options", nargs="+", default=[])
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
-    shape = input_shape_of(cfg)
-    if args.shape:
-        h = args.shape[0]
-        w = args.shape[1] if len(args.shape) > 1 else h
-        shape = (shape[0], h, w)
+    shape = flops_input_shape(cfg, args.shape)
     model_cfg, kind = _architecture_cfg(cfg)
     if kind in ("DMCP", "DMCPDDP"):
         net = build_classifier(model_cfg["architecture"])

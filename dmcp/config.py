@@ -363,6 +363,35 @@ def _load_py(path, stack):
     return _fresh(_merge(own, base if base is not None else {}))
 
 
+MAX_CONFIG_NODES = 1_000_000
+MAX_CONFIG_DEPTH = 100
+
+
+def _check_tree(data, path):
+    """A loaded YAML/JSON tree must be finite and of config size once its aliases are
+    expanded: a self-referencing anchor, nesting deeper than MAX_CONFIG_DEPTH or more
+    than MAX_CONFIG_NODES values (an alias bomb) is a ConfigError, found after at
+    most that many steps."""
+    count = 0
+    todo = [(data, 1, ())]
+    while todo:
+        value, depth, open_ids = todo.pop()
+        count += 1
+        if count > MAX_CONFIG_NODES:
+            raise ConfigError(f"{path}: expands to more than {MAX_CONFIG_NODES} values once its "
+                              f"YAML aliases are followed (an alias bomb?)")
+        if not isinstance(value, (dict, list, tuple)):
+            continue
+        if id(value) in open_ids:
+            raise ConfigError(f"{path}: a YAML anchor refers to itself (the config would be "
+                              f"infinite)")
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{path}: nested deeper than {MAX_CONFIG_DEPTH} levels")
+        inner = open_ids + (id(value),)
+        items = value.values() if isinstance(value, dict) else value
+        todo.extend((v, depth + 1, inner) for v in items)
+
+
 def _load_data(path, stack):
     """A .yaml/.yml/.json config: a mapping, optionally with a ``_base_`` key."""
     with open(path, encoding="utf-8") as f:
@@ -372,12 +401,16 @@ def _load_data(path, stack):
             data = json.loads(text) if text.strip() else {}
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: nested deeper than {MAX_CONFIG_DEPTH} levels") from None
     else:
         if yaml is None:
             raise ConfigError(f"{path}: PyYAML is needed to read .yaml configs")
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         try:
             data = yaml.load(text, Loader=loader)
+        except RecursionError:
+            raise ConfigError(f"{path}: nested deeper than {MAX_CONFIG_DEPTH} levels") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f":{mark.line + 1}" if mark is not None else ""
@@ -387,6 +420,7 @@ def _load_data(path, stack):
             data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    _check_tree(data, path)
     bases = data.pop(BASE_KEY, None)
     if bases is None:
         return _fresh(data)

@@ -39,3 +39,57 @@ def count_flops(model, input_shape=(3, 224, 224)):
         if hasattr(m, "running_mean") and m._cache is not None:
             params += 2 * m._cache[0].shape[1]
     return dict(flops=int(total), params=int(params), layers=rows)
+
+
+def flops_input_shape(cfg, shape=None):
+    """(C, H, W) at which a config's FLOPs and target_flops are counted, decided here
+    and only here (INTERFACES.md): ``demo_input`` of the mutator's parse_cfg when
+    given, else what the val (or train) pipeline produces; ``shape`` = (H,) or (H, W)
+    overrides the size.  A demo_input that disagrees with the pipeline is an error."""
+    from .data import dataset_input_shape
+    from .units import UserError
+    model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
+    demo = ((model.get("mutator_cfg") or {}).get("parse_cfg") or {}).get("demo_input")
+    ds, where = None, None
+    for key in ("val_dataloader", "train_dataloader"):
+        dl = cfg.get(key)
+        if isinstance(dl, dict) and isinstance(dl.get("dataset"), dict):
+            ds, where = dl["dataset"], f"{key}.dataset"
+            break
+    piped = dataset_input_shape(ds, where) if ds is not None and (demo is None or
+                                                                  _sized(ds, where)) else None
+    if demo is not None:
+        if (not isinstance(demo, (list, tuple)) or len(demo) != 4
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in demo)):
+            raise UserError(f"model.mutator_cfg.parse_cfg.demo_input: expected (1, C, H, W) "
+                            f"positive ints, got {demo!r}")
+        got = tuple(int(v) for v in demo[1:])
+        if piped is not None and piped != got:
+            raise UserError(f"model.mutator_cfg.parse_cfg.demo_input {tuple(demo)} disagrees with "
+                            f"the {piped[1]}x{piped[2]}x{piped[0]} (HxWxC) images {where}'s "
+                            f"pipeline produces; FLOPs and target_flops would be counted at "
+                            f"another size than the net sees")
+    elif piped is not None:
+        got = piped
+    else:
+        raise UserError("cannot tell the input size FLOPs are counted at: give "
+                        "model.mutator_cfg.parse_cfg.demo_input or a val_dataloader")
+    if shape:
+        if len(shape) > 2 or any(int(v) < 1 for v in shape):
+            raise UserError(f"--shape {' '.join(map(str, shape))}: expected H or H W, positive "
+                            f"integers")
+        h = int(shape[0])
+        w = int(shape[1]) if len(shape) > 1 else h
+        got = (got[0], h, w)
+    return got
+
+
+def _sized(ds, where):
+    """Whether the dataset's pipeline tells its image size (no error if it does not)."""
+    from .data import dataset_input_shape
+    from .units import UserError
+    try:
+        dataset_input_shape(ds, where)
+        return True
+    except UserError:
+        return False

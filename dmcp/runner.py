@@ -110,6 +110,9 @@ class Runner:
         self.model = build_algorithm_model(cfg["model"], seed=self.seed)
         self.is_dmcp = isinstance(self.model, DMCP)
         self.net = self.model.architecture if self.is_dmcp else self.model
+        if self.is_dmcp:       # the one size FLOPs and target_flops are counted at
+            from .flops import flops_input_shape
+            self.model.input_shape = flops_input_shape(cfg)
         self.dist.broadcast_model(self.net, self.model.mutator if self.is_dmcp else None)
         self._build_data()
         self._build_optim()
@@ -396,23 +399,84 @@ class Runner:
         return results
 
     # ------------------------------------------------------------ DMCPSubnetHook
-    def sample_subnets(self):
-        out_dir = os.path.join(self.work_dir, "model_sample")
+    def sample_subnets(self, out_dir=None, target_mflops=None):
         samples = algorithm.sample_subnets(self.model, self.subnet_hook["num"], self.rng,
-                                           self.subnet_hook["max_draws"])
-        if not self.is_main:
-            return samples
-        os.makedirs(out_dir, exist_ok=True)
-        for name, (choice, flops) in samples["subnets"].items():
-            with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-                json.dump(choice, f, indent=2)
-            self.log.info(f"Sampled {name}: {flops / 1e6:.2f} MFLOPs "
-                          f"(target {self.model.target_mflops:.2f} M)")
-        from .plots import plot_unit_widths, plot_flops_histogram
-        plot_unit_widths(self.model, samples, os.path.join(out_dir, "unit_widths.png"))
-        plot_flops_histogram(samples["histogram"], self.model.target_mflops,
-                             os.path.join(out_dir, "flops_histogram.png"))
+                                           self.subnet_hook["max_draws"],
+                                           target_mflops=target_mflops)
+        if self.is_main:
+            write_samples(self.model, samples, out_dir or os.path.join(self.work_dir, "model_sample"),
+                          self.log, self.subnet_hook["max_draws"])
         return samples
+
+
+def write_samples(model, samples, out_dir, log, max_draws):
+    """model_sample/: subnet_*.json, expected_ch.json and the two charts; a WARNING
+    when draws missed the window (their closest subnets are written all the same)."""
+    os.makedirs(out_dir, exist_ok=True)
+    if samples["missed"]:
+        log.warning(algorithm.missed_window_message(samples, max_draws))
+    for name, (choice, flops) in samples["subnets"].items():
+        with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+            json.dump(choice, f, indent=2)
+        log.info(f"Sampled {name}: {flops / 1e6:.2f} MFLOPs (target {samples['target_mflops']:.2f} M)")
+    from .plots import plot_unit_widths, plot_flops_histogram
+    plot_unit_widths(model, samples, os.path.join(out_dir, "unit_widths.png"))
+    plot_flops_histogram(samples["histogram"], samples["target_mflops"],
+                         os.path.join(out_dir, "flops_histogram.png"))
+
+
+def sample_main(argv):
+    """tools/sample_subnets.py: sample subnets again from a supernet checkpoint."""
+    import argparse
+    from .checkpoint import read_checkpoint
+    from .cli import load_config
+    p = argparse.ArgumentParser(prog="sample_subnets.py", description="Sample pruned structures "
+                                "(subnet_*.json, expected_ch.json, charts) from a DMCP supernet "
+                                "checkpoint, for its target or another.")
+    p.add_argument("config")
+    p.add_argument("checkpoint")
+    p.add_argument("--num", type=int, default=None, help="direct samples (default: the config's "
+                   "DMCPSubnetHook subnet_sample_num, else 10)")
+    p.add_argument("--target", type=float, default=None, help="target MFLOPs (default: the "
+                   "config's target_flops)")
+    p.add_argument("--max-draws", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--work-dir", help="where model_sample/ goes (default: beside the checkpoint)")
+    p.add_argument("--cfg-options", nargs="+", default=[])
+    args = p.parse_args(argv)
+    if args.num is not None and args.num < 1:
+        raise UserError(f"--num {args.num}: must be at least 1")
+    if args.target is not None and not args.target > 0:
+        raise UserError(f"--target {args.target}: must be a positive number of MFLOPs")
+    if args.max_draws < 1:
+        raise UserError(f"--max-draws {args.max_draws}: must be at least 1")
+    cfg = load_config(args.config, args.cfg_options)
+    seed = args.seed if args.seed is not None else int((cfg.get("randomness") or {}).get("seed")
+                                                        or 2020)
+    mtype = str((cfg.get("model") or {}).get("type", "")).split(".")[-1]
+    if mtype not in ("DMCP", "DMCPDDP"):
+        raise UserError(f"{args.config}: sampling needs a DMCP supernet config (model.type='DMCP', "
+                        f"got {mtype!r})")
+    model = build_algorithm_model(cfg["model"], seed=seed)
+    from .flops import flops_input_shape
+    model.input_shape = flops_input_shape(cfg)
+    state = read_checkpoint(args.checkpoint)
+    if not any(k.startswith("mutator.") for k in state):
+        raise UserError(f"{args.checkpoint}: holds no architecture parameters (mutator.*.alpha); "
+                        f"is it a supernet checkpoint?")
+    model.load_state_dict(state)
+    num = args.num
+    if num is None:
+        hooks = [h for h in cfg.get("custom_hooks") or [] if str(h.get("type", "")).endswith(
+            "DMCPSubnetHook")]
+        num = int(hooks[0].get("subnet_sample_num", 10)) if hooks else 10
+    work_dir = args.work_dir or os.path.dirname(os.path.abspath(args.checkpoint))
+    log = Logger(work_dir)
+    samples = algorithm.sample_subnets(model, num, np.random.default_rng(seed + 7), args.max_draws,
+                                       target_mflops=args.target)
+    write_samples(model, samples, os.path.join(work_dir, "model_sample"), log, args.max_draws)
+    log.close()
+    return 0
 
 
 def train_main(argv):

@@ -261,12 +261,18 @@ def load_subnet(fix_subnet):
     if isinstance(fix_subnet, str):
         source = fix_subnet
         try:
-            with open(fix_subnet) as f:
+            with open(fix_subnet, encoding="utf-8") as f:
                 fix_subnet = json.load(f)
         except FileNotFoundError:
             raise UserError(f"fix_subnet file '{source}' does not exist") from None
+        except IsADirectoryError:
+            raise UserError(f"fix_subnet '{source}' is a directory, not a JSON file") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{source}: not a UTF-8 text file (a fix-subnet JSON is text)") from None
         except json.JSONDecodeError as e:
             raise UserError(f"{source}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise UserError(f"{source}: JSON nested too deeply to be a fix-subnet file") from None
     if not isinstance(fix_subnet, dict):
         raise UserError(f"{source}: expected a JSON object, got {type(fix_subnet).__name__}")
     if "channel_unit_cfg" in fix_subnet:

@@ -82,6 +82,67 @@ def test_supernet_work_dir(searched):
         assert 1 <= entry["choice"] <= entry["init_args"]["num_channels"]
 
 
+def test_sample_subnets_tool_from_a_checkpoint(searched, tmp_path):
+    """tools/sample_subnets.py samples again from the supernet checkpoint, for the
+    config's target or another; charts and expected_ch.json come along."""
+    wd, _ = searched
+    out = str(tmp_path / "again")
+    r = tool("tools/sample_subnets.py", SUPERNET, os.path.join(wd, "epoch_2.npz"), "--num", "3",
+             "--target", "6", "--work-dir", out, "--cfg-options", "model.target_flops=6")
+    names = set(os.listdir(os.path.join(out, "model_sample")))
+    assert {"subnet_1.json", "subnet_2.json", "subnet_3.json", "expected_ch.json",
+            "unit_widths.png", "flops_histogram.png"} <= names, names
+    assert "Sampled subnet_3" in r.stdout
+    # same checkpoint, same seed: the same structures as a second run
+    again = str(tmp_path / "again2")
+    tool("tools/sample_subnets.py", SUPERNET, os.path.join(wd, "epoch_2.npz"), "--num", "3",
+         "--target", "6", "--work-dir", again, "--cfg-options", "model.target_flops=6")
+    for n in ("subnet_1.json", "expected_ch.json"):
+        assert (json.load(open(os.path.join(out, "model_sample", n)))
+                == json.load(open(os.path.join(again, "model_sample", n))))
+    _user_error(["tools/sample_subnets.py", SUPERNET, os.path.join(wd, "epoch_2.npz"), "--num", "0"],
+                "--num 0")
+    _user_error(["tools/sample_subnets.py", SUBNET, os.path.join(wd, "epoch_2.npz")],
+                "needs a DMCP supernet config")
+
+
+def test_a_search_that_misses_the_window_keeps_its_results(tmp_path):
+    """An unreachable target (below the smallest subnet): a WARNING with the closest
+    FLOPs, every file written, exit status 0."""
+    wd = str(tmp_path / "miss")
+    opts = [o for o in SHORT if not o.startswith("model.target_flops")] + [
+        "model.target_flops=0.05", "train_cfg.max_epochs=1", "custom_hooks.0.max_draws=50"]
+    r = tool("tools/train.py", SUPERNET, "--work-dir", wd, "--cfg-options", *opts)
+    assert "WARNING - DMCPSubnetHook: no direct sample within 5% of 0.05 MFLOPs" in r.stdout
+    assert "tools/sample_subnets.py" in r.stdout
+    names = set(os.listdir(os.path.join(wd, "model_sample")))
+    assert {"subnet_1.json", "subnet_2.json", "expected_ch.json", "unit_widths.png",
+            "flops_histogram.png"} <= names, names
+
+
+def test_flops_are_counted_at_one_size():
+    """demo_input when given, else the val pipeline's size, --shape over both; the
+    runner's budget loss and get_flops.py use the same function; a demo_input that
+    disagrees with the pipeline, and bad --shape values, are user errors."""
+    from dmcp.flops import flops_input_shape
+    cfg = load_config(SUPERNET)
+    assert flops_input_shape(cfg) == (1, 28, 28)
+    del cfg["model"]["mutator_cfg"]["parse_cfg"]["demo_input"]
+    assert flops_input_shape(cfg) == (1, 28, 28)            # from the pipeline
+    assert flops_input_shape(cfg, [32]) == (1, 32, 32)
+    assert flops_input_shape(cfg, [32, 40]) == (1, 32, 40)
+    cfg["model"]["mutator_cfg"]["parse_cfg"]["demo_input"] = (1, 1, 32, 32)
+    with pytest.raises(dmcp.UserError, match="disagrees"):
+        flops_input_shape(cfg)
+    full = json.loads(tool("tools/get_flops.py", SUPERNET, "--json").stdout)
+    assert full["input_shape"] == [1, 28, 28] and abs(full["flops"] / 1e6 - 31.02) < 0.01
+    _user_error(["tools/get_flops.py", SUPERNET, "--shape", "224", "224", "224"], "--shape")
+    _user_error(["tools/get_flops.py", SUPERNET, "--shape", "0"], "--shape")
+    _user_error(["tools/get_flops.py", SUPERNET, "--shape", "-5"], "--shape")
+    _user_error(["tools/get_flops.py", SUPERNET, "--cfg-options",
+                 "model.mutator_cfg.parse_cfg.demo_input=(1,1,32,32)"], "disagrees")
+
+
 def test_subnet_retrain_and_test(searched, tmp_path):
     wd, _ = searched
     fix = os.path.join(wd, "model_sample", "expected_ch.json")
