@@ -1321,10 +1321,13 @@ static ptrdiff_t wino_floats(int k, int r, int threads)
     return 16 * rp * k + (ptrdiff_t)threads * 16 * (k + rp) * wino_block(k, r);
 }
 
+static ptrdiff_t wino_dw_scratch(const conv_shape *s, int threads);
+
 static size_t wino_scratch(const conv_shape *s)
 {
     const int threads = DMCP_MIN(omp_get_max_threads(), CONV_SLOTS_MAX);
-    return (size_t)DMCP_MAX(wino_floats(s->c, s->oc, threads), wino_floats(s->oc, s->c, threads));
+    const ptrdiff_t f = DMCP_MAX(wino_floats(s->c, s->oc, threads), wino_floats(s->oc, s->c, threads));
+    return (size_t)DMCP_MAX(f, wino_dw_scratch(s, threads));
 }
 
 /* U[xi][r][k] = (G g G^T)[xi] of the 3x3 kernel g linking input k to output r,
@@ -1550,6 +1553,166 @@ static void wino_backward_data(float *dinp, const float *dout, const float *weig
     wino_conv(dinp, dout, scratch, NULL, &g, true, scratch + (ptrdiff_t)16 * g.rp * g.k);
 }
 
+/* ---- Winograd backward-weight ----
+ *
+ * The adjoint of the forward: dU[xi] (R, K) = sum over tiles of dM[xi] (R, tiles)
+ * @ V[xi]^T, dM = A dy A^T the 4x4 adjoint of a 2x2 output-gradient tile, V
+ * the forward's input transform; then dW += G^T dU G per (r, k).  Blocks of
+ * tiles go to WINO_DW_SLOTS fixed slots (block b to slot b % slots), each
+ * slot sums its own dU over its blocks in order, and the slots are summed in
+ * slot order: no result depends on the thread count.  Slot sums take
+ * 16 R K floats each, so only layers with R K <= WINO_DW_MAX use this, and
+ * only with at least WINO_DW_MIN_CH channels each way. */
+
+#define WINO_DW_SLOTS 8
+#define WINO_DW_MAX (256 * 256)
+/* Below this many channels either way the tiled path's direct sums win
+ * (ResNet-20's 16- and 32-channel layers: 0.8x of it). */
+#ifndef WINO_DW_MIN_CH
+#define WINO_DW_MIN_CH 64
+#endif
+
+static bool conv_is_wino_dw(const conv_shape *s)
+{
+    return conv_is_wino(s) && s->c >= WINO_DW_MIN_CH && s->oc >= WINO_DW_MIN_CH &&
+           (ptrdiff_t)s->oc * s->c <= WINO_DW_MAX;
+}
+
+/* Floats of the backward-weight scratch: slot sums, then per thread V, V^T, dM. */
+static ptrdiff_t wino_dw_floats(const wino_geom *g, int slots, int threads)
+{
+    const ptrdiff_t kp = round_up(g->k, CONV_NR);
+    return (ptrdiff_t)slots * 16 * g->rp * kp +
+           (ptrdiff_t)threads * 16 * g->tb * (g->k + kp + g->rp);
+}
+
+/* dM[xi][r][j] <- A dy A^T of the 2x2 output-gradient tile t0 + j of output r
+ * (cells past the output's edge are 0), j < cnt. */
+static void wino_dout_tiles(float *dM, const float *dout, const wino_geom *g, ptrdiff_t t0, int cnt)
+{
+    const ptrdiff_t plane = (ptrdiff_t)g->rp * g->tb;
+    for (int r = 0; r < g->r; r++) {
+        float *m = dM + (ptrdiff_t)r * g->tb;
+        for (ptrdiff_t t = t0; t < t0 + cnt;) {
+            const wino_run run = wino_run_at(g, t, t0 + cnt);
+            const int j0 = (int)(t - t0), nt = run.tx1 - run.tx0;
+            t += nt;
+            const float *src = dout + ((ptrdiff_t)run.b * g->r + r) * g->oh * g->ow;
+            const int oy = 2 * run.ty, ox0 = 2 * run.tx0;
+            float rows[2][WINO_MAX_ROW];
+            for (int a = 0; a < 2; a++) {
+                const int len = 2 * nt, valid = oy + a < g->oh ? DMCP_MIN(len, g->ow - ox0) : 0;
+                if (valid > 0)
+                    memcpy(rows[a], src + (ptrdiff_t)(oy + a) * g->ow + ox0, (size_t)valid * sizeof(float));
+                if (valid < len)
+                    memset(rows[a] + DMCP_MAX(valid, 0), 0, (size_t)(len - DMCP_MAX(valid, 0)) * sizeof(float));
+            }
+            float *mj = m + j0;
+            const float *r0 = rows[0], *r1 = rows[1];
+            #pragma omp simd
+            for (int j = 0; j < nt; j++) {
+                const float a00 = r0[2 * j], a01 = r0[2 * j + 1], a10 = r1[2 * j], a11 = r1[2 * j + 1];
+                /* t = A dy (4x2), then q = t A^T: row (u, v) -> (u, u+v, u-v, -v) */
+                const float t4[4][2] = {{a00, a01}, {a00 + a10, a01 + a11},
+                                        {a00 - a10, a01 - a11}, {-a10, -a11}};
+                for (int y = 0; y < 4; y++) {
+                    mj[(y * 4 + 0) * plane + j] = t4[y][0];
+                    mj[(y * 4 + 1) * plane + j] = t4[y][0] + t4[y][1];
+                    mj[(y * 4 + 2) * plane + j] = t4[y][0] - t4[y][1];
+                    mj[(y * 4 + 3) * plane + j] = -t4[y][1];
+                }
+            }
+        }
+    }
+}
+
+static ptrdiff_t wino_dw_scratch(const conv_shape *s, int threads)
+{
+    if (!conv_is_wino_dw(s))
+        return 0;
+    const wino_geom g = wino_geom_of(s->n, s->c, s->h, s->w, s->oc, s->oh, s->ow, s->ph, s->pw);
+    const ptrdiff_t tiles = (ptrdiff_t)g.n * g.th * g.tw;
+    const int slots = (int)DMCP_MIN((tiles + g.tb - 1) / g.tb, (ptrdiff_t)WINO_DW_SLOTS);
+    return wino_dw_floats(&g, slots, DMCP_MIN(slots, threads));
+}
+
+static void wino_backward_weight(float *dweight, const float *dout, const float *inp,
+                                 const conv_shape *s, float *scratch)
+{
+    const wino_geom g = wino_geom_of(s->n, s->c, s->h, s->w, s->oc, s->oh, s->ow, s->ph, s->pw);
+    const ptrdiff_t kp = round_up(g.k, CONV_NR), dusz = (ptrdiff_t)16 * g.rp * kp;
+    const ptrdiff_t tiles = (ptrdiff_t)g.n * g.th * g.tw;
+    const int nblocks = (int)((tiles + g.tb - 1) / g.tb);
+    const int slots = DMCP_MIN(nblocks, WINO_DW_SLOTS);
+    const int nth = DMCP_MIN(slots, DMCP_MIN(omp_get_max_threads(), CONV_SLOTS_MAX));
+    const ptrdiff_t per_thread = (ptrdiff_t)16 * g.tb * (g.k + kp + g.rp);
+    float *dU = scratch, *bufs = scratch + slots * dusz;
+    #pragma omp parallel num_threads(nth)
+    {
+        const int me = omp_get_thread_num();
+        float *V = bufs + me * per_thread, *Vt = V + (ptrdiff_t)16 * g.k * g.tb;
+        float *dM = Vt + (ptrdiff_t)16 * g.tb * kp;
+        /* never written below: V^T's columns past K and dM's rows past R */
+        memset(Vt, 0, (size_t)(16 * g.tb * kp + 16 * g.rp * g.tb) * sizeof(float));
+        int aoff[CONV_MR], boff[WINO_MAX_ROW];
+        linear_offsets(aoff, CONV_MR, g.tb);
+        linear_offsets(boff, g.tb, (int)kp);
+        #pragma omp for schedule(dynamic, 1)
+        for (int slot = 0; slot < slots; slot++) {
+            float *du = dU + slot * dusz;
+            memset(du, 0, (size_t)dusz * sizeof *du);
+            for (int blk = slot; blk < nblocks; blk += slots) {
+                const ptrdiff_t t0 = (ptrdiff_t)blk * g.tb;
+                const int cnt = (int)DMCP_MIN((ptrdiff_t)g.tb, tiles - t0);
+                wino_inputs(V, inp, &g, t0, cnt);
+                for (int xi = 0; xi < 16; xi++)          /* V[xi] (K, tb) -> V^T (tb, kp) */
+                    for (int k = 0; k < g.k; k++) {
+                        const float *v = V + ((ptrdiff_t)xi * g.k + k) * g.tb;
+                        float *vt = Vt + (ptrdiff_t)xi * g.tb * kp + k;
+                        for (int j = 0; j < cnt; j++)
+                            vt[(ptrdiff_t)j * kp] = v[j];
+                    }
+                wino_dout_tiles(dM, dout, &g, t0, cnt);
+                for (int xi = 0; xi < 16; xi++) {
+                    const float *a = dM + (ptrdiff_t)xi * g.rp * g.tb;
+                    const float *b = Vt + (ptrdiff_t)xi * g.tb * kp;
+                    float *c = du + (ptrdiff_t)xi * g.rp * kp;
+                    for (int i0 = 0; i0 < g.rp; i0 += CONV_MR)
+                        for (int op = 0; op < kp; op += CONV_NR)
+                            conv_kernel(cnt, a + (ptrdiff_t)i0 * g.tb, aoff, b + op, boff,
+                                        c + (ptrdiff_t)i0 * kp + op, kp, true);
+                }
+            }
+        }
+    }
+    /* dW[r][k] += G^T (sum over slots, in order, of dU) G */
+    const int ldw = s->w_cin_full * 9;
+    #pragma omp parallel for schedule(static) if ((ptrdiff_t)g.r * g.k * 16 * slots > CONV_PAR_MIN)
+    for (int r = 0; r < g.r; r++) {
+        for (int k = 0; k < g.k; k++) {
+            float u[4][4];
+            for (int xi = 0; xi < 16; xi++) {
+                float acc = 0.0f;
+                for (int slot = 0; slot < slots; slot++)
+                    acc += dU[slot * dusz + ((ptrdiff_t)xi * g.rp + r) * kp + k];
+                u[xi / 4][xi % 4] = acc;
+            }
+            float t3[3][4];
+            for (int x = 0; x < 4; x++) {             /* t = G^T u */
+                t3[0][x] = u[0][x] + 0.5f * (u[1][x] + u[2][x]);
+                t3[1][x] = 0.5f * (u[1][x] - u[2][x]);
+                t3[2][x] = 0.5f * (u[1][x] + u[2][x]) + u[3][x];
+            }
+            float *dw = dweight + (ptrdiff_t)r * ldw + k * 9;
+            for (int y = 0; y < 3; y++) {             /* dg = t G */
+                dw[y * 3 + 0] += t3[y][0] + 0.5f * (t3[y][1] + t3[y][2]);
+                dw[y * 3 + 1] += 0.5f * (t3[y][1] - t3[y][2]);
+                dw[y * 3 + 2] += 0.5f * (t3[y][1] + t3[y][2]) + t3[y][3];
+            }
+        }
+    }
+}
+
 /* inp (N,c,H,W); weight (OC_full, w_cin_full, KH, KW), rows [:oc], inputs [:c/groups];
  * bias (OC_full) or NULL, [:oc] used; out (N,oc,OH,OW);
  * scratch conv2d_scratch_floats(s) floats (may be NULL when that is 0). */
@@ -1614,6 +1777,10 @@ dmcp_status conv2d_backward(float *dinp, float *dweight, float *dbias,
         dinp = NULL;
         if (dweight == NULL)
             return DMCP_OK;
+    }
+    if (dweight != NULL && conv_is_wino_dw(s)) {
+        wino_backward_weight(dweight, dout, inp, s, scratch);
+        return DMCP_OK;
     }
     conv_tiling t;
     if (conv_is_dw_direct(s)) {

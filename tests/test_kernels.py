@@ -78,6 +78,9 @@ CONV_CASES = {
     "wino_p2": conv_case(2, 17, 5, 6, 16, 3, 1, 2),
     "wino_p02": conv_case(1, 16, 4, 7, 16, 3, 1, (0, 2)),
     "wino_chunked": conv_case(7, 16, 80, 80, 16, 3, 1, 1),
+    # Winograd backward-weight too (>= 64 channels each way): odd sizes, blocks over slots
+    "wino_dw_odd": conv_case(3, 64, 9, 11, 65, 3, 1, 1),
+    "wino_dw_p2_many": conv_case(9, 64, 20, 19, 64, 3, 1, 2),
 }
 
 
@@ -191,6 +194,7 @@ SLICE_CASES = {   # geometry + (C_full, OC_full) of the weight buffer; groups ==
     "1x1_direct": (conv_case(2, 3, 32, 32, 4, 1), 6, 5),
     "3x3_chunked": (conv_case(3, 14, 80, 80, 3, 3, 1, 1), 16, 5),
     "wino": (conv_case(2, 16, 7, 8, 18, 3, 1, 1), 20, 24),
+    "wino_dw": (conv_case(2, 64, 7, 6, 66, 3, 1, 1), 70, 72),
 }
 
 
@@ -1035,6 +1039,10 @@ THREAD_SCRIPT = textwrap.dedent("""
     dxw, dww = np.zeros_like(xw), np.zeros_like(ww)
     C.conv2d_backward(dxw, dww, None, r(*outw.shape), xw, ww, 1, 1, 1, 1, 1, 1, 1)
     res.update(wino_out=outw, wino_dx=dxw, wino_dw=dww)
+    xw2, ww2 = r(9, 64, 20, 19), r(64, 64, 3, 3) * f32(0.1)
+    dww2 = np.zeros_like(ww2)
+    C.conv2d_backward(None, dww2, None, r(9, 64, 20, 19), xw2, ww2, 1, 1, 1, 1, 1, 1, 1)
+    res.update(wino_dw64=dww2)
     # depthwise 3x3
     wd = r(8, 1, 3, 3)
     outd = np.empty((4, 8, 16, 16), f32)
