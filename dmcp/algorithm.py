@@ -9,7 +9,7 @@ import numpy as np
 from .config import _plain
 from .models import ImageClassifier, _check_keys, _strip_scope
 from .nn import KLDivergence
-from .units import PROB_TYPES, Mutator, UserError, budget_loss, load_subnet
+from .units import PROB_TYPES, Mutator, UserError, budget_loss, cfg_number, load_subnet
 
 STRATEGIES = ("max", "min", "random", "direct", "scheduled_random", "arch_random")
 
@@ -82,11 +82,16 @@ class DMCP:
         if bad or not strategy:
             raise UserError(f"DMCP strategy {list(strategy)}: unknown entries {bad}; accepted: {STRATEGIES}")
         self.strategy = list(strategy)
-        self.arch_start_train, self.arch_train_freq = int(arch_start_train), int(arch_train_freq)
-        self.distillation_times = int(distillation_times)
-        self.flop_loss_weight, self.flops_loss_type = float(flop_loss_weight), flops_loss_type
+        self.arch_start_train = cfg_number(arch_start_train, "model.arch_start_train", int, 0)
+        self.arch_train_freq = cfg_number(arch_train_freq, "model.arch_train_freq", int, 1)
+        self.distillation_times = cfg_number(distillation_times, "model.distillation_times", int)
+        self.flop_loss_weight = cfg_number(flop_loss_weight, "model.flop_loss_weight", float, 0.0)
+        self.flops_loss_type = flops_loss_type
         budget_loss(1.0, 1.0, flops_loss_type)      # validates the loss type now
-        self.target_mflops = float(target_flops)
+        self.target_mflops = cfg_number(target_flops, "model.target_flops")
+        if not self.target_mflops > 0:
+            raise UserError(f"model.target_flops={target_flops!r}: must be a positive number of "
+                            f"MFLOPs")
         self.tau = 1.0
         if distiller:
             tau = _find_key(distiller, "tau")

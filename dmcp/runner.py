@@ -16,7 +16,7 @@ from .algorithm import DMCP, build_algorithm_model
 from .nn import BatchNorm2d
 from .optim import (LRSchedule, build_optimizer, load_optimizer_state, optimizer_state,
                     param_groups)
-from .units import UserError
+from .units import UserError, cfg_number
 
 
 class Logger:
@@ -106,13 +106,18 @@ class Runner:
         self.log = Logger(self.work_dir, self.is_main)
         rcfg = dict(cfg.get("randomness") or {})
         seed = rcfg.get("seed")
-        self.seed = int(seed) if seed is not None else 2020
+        self.seed = cfg_number(seed, "randomness.seed", int) if seed is not None else 2020
         self.model = build_algorithm_model(cfg["model"], seed=self.seed)
         self.is_dmcp = isinstance(self.model, DMCP)
         self.net = self.model.architecture if self.is_dmcp else self.model
         if self.is_dmcp:       # the one size FLOPs and target_flops are counted at
             from .flops import flops_input_shape
             self.model.input_shape = flops_input_shape(cfg)
+            full = self.model.mutator.current_flops(self.model.input_shape) / 1e6
+            if self.model.target_mflops > full:
+                raise UserError(f"model.target_flops={self.model.target_mflops:g}: above the "
+                                f"supernet's {full:.2f} MFLOPs at input {self.model.input_shape}; "
+                                f"there is nothing to prune")
         self.dist.broadcast_model(self.net, self.model.mutator if self.is_dmcp else None)
         self._build_data()
         self._build_optim()
@@ -126,11 +131,13 @@ class Runner:
                             f"max_epochs, val_interval, val_begin")
         if tcfg.get("by_epoch", True) is not True:
             raise UserError("train_cfg: only epoch-based training (by_epoch=True) is supported")
-        self.max_epochs = int(tcfg.get("max_epochs", 1))
-        self.val_interval = int(tcfg.get("val_interval", 1))
+        self.max_epochs = cfg_number(tcfg.get("max_epochs", 1), "train_cfg.max_epochs", int, 1)
+        self.val_interval = cfg_number(tcfg.get("val_interval", 1), "train_cfg.val_interval", int, 1)
         hooks = dict(cfg.get("default_hooks") or {})
-        self.ckpt_interval = int((hooks.get("checkpoint") or {}).get("interval", 1))
-        self.log_interval = int((hooks.get("logger") or {}).get("interval", 50))
+        self.ckpt_interval = cfg_number((hooks.get("checkpoint") or {}).get("interval", 1),
+                                        "default_hooks.checkpoint.interval", int, 1)
+        self.log_interval = cfg_number((hooks.get("logger") or {}).get("interval", 50),
+                                       "default_hooks.logger.interval", int, 1)
         self.subnet_hook = None
         for h in cfg.get("custom_hooks") or []:
             t = str(h.get("type", "")).split(".")[-1]
@@ -138,8 +145,11 @@ class Runner:
                 extra = set(h) - {"type", "subnet_sample_num", "priority", "max_draws"}
                 if extra:
                     raise UserError(f"custom_hooks DMCPSubnetHook: unknown key(s) {sorted(extra)}")
-                self.subnet_hook = dict(num=int(h.get("subnet_sample_num", 10)),
-                                        max_draws=int(h.get("max_draws", 2000)))
+                self.subnet_hook = dict(
+                    num=cfg_number(h.get("subnet_sample_num", 10), "custom_hooks.DMCPSubnetHook."
+                                   "subnet_sample_num", int, 1),
+                    max_draws=cfg_number(h.get("max_draws", 2000),
+                                         "custom_hooks.DMCPSubnetHook.max_draws", int, 1))
             else:
                 raise UserError(f"custom_hooks: hook type {t!r} is not supported (DMCPSubnetHook)")
         self.max_iters = self.max_epochs * self.iters_per_epoch
@@ -192,8 +202,9 @@ class Runner:
         if ext:
             raise UserError(f"optim_wrapper: unknown key(s) {sorted(ext)}")
         opt_cfg = dict(wcfg["optimizer"])
-        groups = param_groups(self.net, float(opt_cfg.get("weight_decay", 0.0)), wcfg.get("paramwise_cfg"))
-        self.base_lr = float(opt_cfg.get("lr", 0.1))
+        groups = param_groups(self.net, cfg_number(opt_cfg.get("weight_decay", 0.0), "optimizer.weight_decay",
+                                                   float, 0.0), wcfg.get("paramwise_cfg"))
+        self.base_lr = cfg_number(opt_cfg.get("lr", 0.1), "optimizer.lr", float, 0.0)
         self.optimizer = build_optimizer(opt_cfg, groups, "optim_wrapper.optimizer")
         self.names = {id(p): n for n, p in self.net.named_parameters()}
         self.arch_optimizer = None

@@ -23,6 +23,21 @@ class UserError(Exception):
     names the file/key/value at fault; tools print it without a traceback."""
 
 
+def cfg_number(value, key, kind=float, minimum=None):
+    """A config value as int or float, or a UserError naming the key, the value and
+    the type expected (instead of a ValueError traceback)."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if ok and kind is int and float(value) != int(value):
+        ok = False
+    if not ok:
+        want = "an integer" if kind is int else "a number"
+        raise UserError(f"{key}={value!r}: expected {want}")
+    v = kind(value)
+    if minimum is not None and v < minimum:
+        raise UserError(f"{key}={value!r}: must be at least {minimum}")
+    return v
+
+
 class ChannelUnit:
     """One width shared by a set of layer outputs (see module docstring)."""
 
@@ -105,7 +120,10 @@ class Mutator:
     def __init__(self, model, pruning_cfg=(0.1, 1.0, 0.05), prob_type="exp"):
         if prob_type not in PROB_TYPES:
             raise UserError(f"prob_type '{prob_type}' is not one of {sorted(PROB_TYPES)}")
-        min_rate, max_rate, offset = (float(v) for v in pruning_cfg)
+        if not isinstance(pruning_cfg, (list, tuple)) or len(pruning_cfg) != 3:
+            raise UserError(f"pruning_cfg {pruning_cfg!r}: expected (min_rate, max_rate, offset)")
+        min_rate, max_rate, offset = (cfg_number(v, f"pruning_cfg[{i}]")
+                                      for i, v in enumerate(pruning_cfg))
         if not (0.0 < min_rate < max_rate <= 1.0 and 0.0 < offset <= max_rate - min_rate):
             raise UserError(f"pruning_cfg {tuple(pruning_cfg)} must be (min_rate, max_rate, offset) "
                             f"with 0 < min_rate < max_rate <= 1 and 0 < offset <= max_rate - min_rate")

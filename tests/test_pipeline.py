@@ -120,6 +120,19 @@ def test_a_search_that_misses_the_window_keeps_its_results(tmp_path):
             "flops_histogram.png"} <= names, names
 
 
+@pytest.mark.parametrize("option,words", [
+    ("model.target_flops=abc", "model.target_flops='abc': expected a number"),
+    ("model.target_flops=-1", "model.target_flops=-1: must be a positive"),
+    ("model.target_flops=100", "above the supernet's 31.02 MFLOPs"),
+    ("train_cfg.max_epochs=abc", "train_cfg.max_epochs='abc': expected an integer"),
+    ("custom_hooks.0.subnet_sample_num=x", "subnet_sample_num='x': expected an integer"),
+    ("model.mutator_cfg.pruning_cfg=(0.1,1.0)", "expected (min_rate, max_rate, offset)"),
+    ("optim_wrapper.architecture.optimizer.lr=fast", "optimizer.lr='fast': expected a number"),
+])
+def test_bad_values_are_one_line(option, words):
+    _user_error(["tools/train.py", SUPERNET, "--cfg-options", option], words)
+
+
 def test_flops_are_counted_at_one_size():
     """demo_input when given, else the val pipeline's size, --shape over both; the
     runner's budget loss and get_flops.py use the same function; a demo_input that

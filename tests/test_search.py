@@ -109,6 +109,7 @@ def test_a_stall_warning_reaches_the_log(tmp_path):
     cfg = load_config(os.path.join(ROOT, "configs", "dmcp_resnet20_fmnist_supernet.py"))
     _synthetic(cfg, 1, 16, 8, 4)
     cfg["model"]["mutator_cfg"]["prob_type"] = "exp"
+    cfg["model"]["target_flops"] = 3.0
     cfg["model"]["arch_start_train"], cfg["model"]["arch_train_freq"] = 0, 1
     cfg["custom_hooks"] = []
     runner = Runner(cfg, work_dir=str(tmp_path))
