@@ -56,8 +56,13 @@ def flops_input_shape(cfg, shape=None):
         if isinstance(dl, dict) and isinstance(dl.get("dataset"), dict):
             ds, where = dl["dataset"], f"{key}.dataset"
             break
-    piped = dataset_input_shape(ds, where) if ds is not None and (demo is None or
-                                                                  _sized(ds, where)) else None
+    piped = None
+    if ds is not None:
+        try:
+            piped = dataset_input_shape(ds, where)
+        except UserError:
+            if demo is None:        # nothing else tells the size
+                raise
     if demo is not None:
         if (not isinstance(demo, (list, tuple)) or len(demo) != 4
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in demo)):
@@ -83,13 +88,3 @@ def flops_input_shape(cfg, shape=None):
         got = (got[0], h, w)
     return got
 
-
-def _sized(ds, where):
-    """Whether the dataset's pipeline tells its image size (no error if it does not)."""
-    from .data import dataset_input_shape
-    from .units import UserError
-    try:
-        dataset_input_shape(ds, where)
-        return True
-    except UserError:
-        return False

@@ -90,6 +90,29 @@ def _atomic_savez(path, arrays):
     os.replace(tmp, path)
 
 
+def config_seed(cfg):
+    """randomness.seed, 2020 when unset."""
+    seed = (cfg.get("randomness") or {}).get("seed")
+    return cfg_number(seed, "randomness.seed", int) if seed is not None else 2020
+
+
+def subnet_hook_of(cfg):
+    """The DMCPSubnetHook's settings {num, max_draws} from custom_hooks, or None."""
+    hook = None
+    for h in cfg.get("custom_hooks") or []:
+        t = str(h.get("type", "")).split(".")[-1]
+        if t != "DMCPSubnetHook":
+            raise UserError(f"custom_hooks: hook type {t!r} is not supported (DMCPSubnetHook)")
+        extra = set(h) - {"type", "subnet_sample_num", "priority", "max_draws"}
+        if extra:
+            raise UserError(f"custom_hooks DMCPSubnetHook: unknown key(s) {sorted(extra)}")
+        hook = dict(num=cfg_number(h.get("subnet_sample_num", 10),
+                                   "custom_hooks.DMCPSubnetHook.subnet_sample_num", int, 1),
+                    max_draws=cfg_number(h.get("max_draws", 2000),
+                                         "custom_hooks.DMCPSubnetHook.max_draws", int, 1))
+    return hook
+
+
 class Runner:
     def __init__(self, cfg, work_dir=None, resume=None, launcher="none"):
         self.cfg = cfg
@@ -104,9 +127,7 @@ class Runner:
             os.makedirs(self.work_dir, exist_ok=True)
         self.dist.barrier()
         self.log = Logger(self.work_dir, self.is_main)
-        rcfg = dict(cfg.get("randomness") or {})
-        seed = rcfg.get("seed")
-        self.seed = cfg_number(seed, "randomness.seed", int) if seed is not None else 2020
+        self.seed = config_seed(cfg)
         self.model = build_algorithm_model(cfg["model"], seed=self.seed)
         self.is_dmcp = isinstance(self.model, DMCP)
         self.net = self.model.architecture if self.is_dmcp else self.model
@@ -138,20 +159,7 @@ class Runner:
                                         "default_hooks.checkpoint.interval", int, 1)
         self.log_interval = cfg_number((hooks.get("logger") or {}).get("interval", 50),
                                        "default_hooks.logger.interval", int, 1)
-        self.subnet_hook = None
-        for h in cfg.get("custom_hooks") or []:
-            t = str(h.get("type", "")).split(".")[-1]
-            if t == "DMCPSubnetHook":
-                extra = set(h) - {"type", "subnet_sample_num", "priority", "max_draws"}
-                if extra:
-                    raise UserError(f"custom_hooks DMCPSubnetHook: unknown key(s) {sorted(extra)}")
-                self.subnet_hook = dict(
-                    num=cfg_number(h.get("subnet_sample_num", 10), "custom_hooks.DMCPSubnetHook."
-                                   "subnet_sample_num", int, 1),
-                    max_draws=cfg_number(h.get("max_draws", 2000),
-                                         "custom_hooks.DMCPSubnetHook.max_draws", int, 1))
-            else:
-                raise UserError(f"custom_hooks: hook type {t!r} is not supported (DMCPSubnetHook)")
+        self.subnet_hook = subnet_hook_of(cfg)
         self.max_iters = self.max_epochs * self.iters_per_epoch
         self.schedule = LRSchedule(cfg.get("param_scheduler"), self.base_lr, self.iters_per_epoch,
                                    self.max_iters)
@@ -410,12 +418,11 @@ class Runner:
         return results
 
     # ------------------------------------------------------------ DMCPSubnetHook
-    def sample_subnets(self, out_dir=None, target_mflops=None):
+    def sample_subnets(self):
         samples = algorithm.sample_subnets(self.model, self.subnet_hook["num"], self.rng,
-                                           self.subnet_hook["max_draws"],
-                                           target_mflops=target_mflops)
+                                           self.subnet_hook["max_draws"])
         if self.is_main:
-            write_samples(self.model, samples, out_dir or os.path.join(self.work_dir, "model_sample"),
+            write_samples(self.model, samples, os.path.join(self.work_dir, "model_sample"),
                           self.log, self.subnet_hook["max_draws"])
         return samples
 
@@ -462,8 +469,7 @@ def sample_main(argv):
     if args.max_draws < 1:
         raise UserError(f"--max-draws {args.max_draws}: must be at least 1")
     cfg = load_config(args.config, args.cfg_options)
-    seed = args.seed if args.seed is not None else int((cfg.get("randomness") or {}).get("seed")
-                                                        or 2020)
+    seed = args.seed if args.seed is not None else config_seed(cfg)
     mtype = str((cfg.get("model") or {}).get("type", "")).split(".")[-1]
     if mtype not in ("DMCP", "DMCPDDP"):
         raise UserError(f"{args.config}: sampling needs a DMCP supernet config (model.type='DMCP', "
@@ -476,11 +482,8 @@ def sample_main(argv):
         raise UserError(f"{args.checkpoint}: holds no architecture parameters (mutator.*.alpha); "
                         f"is it a supernet checkpoint?")
     model.load_state_dict(state)
-    num = args.num
-    if num is None:
-        hooks = [h for h in cfg.get("custom_hooks") or [] if str(h.get("type", "")).endswith(
-            "DMCPSubnetHook")]
-        num = int(hooks[0].get("subnet_sample_num", 10)) if hooks else 10
+    hook = subnet_hook_of(cfg)
+    num = args.num if args.num is not None else (hook["num"] if hook else 10)
     work_dir = args.work_dir or os.path.dirname(os.path.abspath(args.checkpoint))
     log = Logger(work_dir)
     samples = algorithm.sample_subnets(model, num, np.random.default_rng(seed + 7), args.max_draws,
