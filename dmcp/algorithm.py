@@ -6,10 +6,11 @@ import warnings
 
 import numpy as np
 
-from .config import _plain
-from .models import ImageClassifier, _check_keys, _strip_scope
+from .config import _plain, check_keys, signature_keys
+from .models import ImageClassifier, _strip_scope
 from .nn import KLDivergence
-from .units import PROB_TYPES, Mutator, UserError, budget_loss, cfg_number, load_subnet
+from .units import PROB_TYPES, Mutator, Rounding, UserError, apply_subnet, budget_loss, cfg_number, \
+    load_subnet
 
 STRATEGIES = ("max", "min", "random", "direct", "scheduled_random", "arch_random")
 
@@ -20,7 +21,7 @@ def build_classifier(cfg, seed=0, widths=None):
     if t != "ImageClassifier":
         raise UserError(f"architecture type {t!r} is not ImageClassifier")
     cfg.pop("_scope_", None)
-    _check_keys("ImageClassifier", cfg, ("backbone", "neck", "head", "data_preprocessor", "init_cfg",
+    check_keys("ImageClassifier", cfg, ("backbone", "neck", "head", "data_preprocessor", "init_cfg",
                                          "train_cfg", "pretrained"))
     if "backbone" not in cfg:
         raise UserError("ImageClassifier: 'backbone' is required")
@@ -46,12 +47,15 @@ def build_pruned(supernet_cfg, fix_subnet, seed=0, supernet=None):
             raise UserError(f"{source}: unit '{key}' does not exist in this model")
         n = declared.get(key)
         if n is not None and n != u.num_channels:
-            raise UserError(f"{source}: unit '{key}' declares num_channels {n} but the model's unit "
-                            f"has {u.num_channels}")
+            raise UserError(f"{source}: unit '{key}' declares num_channels {n!r}, " + (
+                f"but the model's unit has {u.num_channels}" if isinstance(n, int)
+                and not isinstance(n, bool) else f"a {type(n).__name__}, not an integer"))
         if not isinstance(w, (int, np.integer)) or isinstance(w, bool) or not 1 <= w <= u.num_channels:
             raise UserError(f"{source}: unit '{key}' choice {w!r} is outside 1..{u.num_channels}")
         widths[u.name] = int(w)
     missing = [u.name for u in probe.units.values() if u.name not in widths]
+    for name in missing:        # full, not derived from a pruned input (MobileNetV2's hidden units)
+        widths[name] = probe.units[name].num_channels
     if missing:
         warnings.warn(f"{source}: {len(missing)} unit(s) not given keep full width: "
                       f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
@@ -62,6 +66,53 @@ def build_pruned(supernet_cfg, fix_subnet, seed=0, supernet=None):
     return model
 
 
+def supernet_of(cfg):
+    """(supernet ImageClassifier cfg, the config's own fix_subnet or None, its rounding)
+    for a DMCP, sub_model or plain classifier config."""
+    model = cfg.get("model")
+    if not isinstance(model, dict):
+        raise UserError(f"{cfg.filename}: no 'model' dict in the config")
+    kind = str(model.get("type", "ImageClassifier")).split(".")[-1]
+    if kind in ("DMCP", "DMCPDDP"):
+        if "architecture" not in model:
+            raise UserError("DMCP needs 'architecture' (the supernet ImageClassifier)")
+        mcfg = model.get("mutator_cfg") or {}
+        return model["architecture"], None, Rounding.from_cfg(mcfg.get("channel_unit_cfg"))
+    if kind == "sub_model":
+        if "cfg" not in model:
+            raise UserError("sub_model needs 'cfg' (the supernet)")
+        return model["cfg"], model.get("fix_subnet"), Rounding()
+    return model, None, Rounding()
+
+
+class Structure:
+    """A supernet's units at a pruned structure's widths, with its FLOPs before and
+    after re-rounding to ``divisor``."""
+
+    def __init__(self, arch_cfg, fix_subnet, input_shape, rounding=None, divisor=None):
+        self.supernet = build_classifier(arch_cfg)
+        self.mutator = Mutator(self.supernet, rounding=rounding)
+        self.input_shape = tuple(input_shape)
+        self.full_mflops = self.mutator.current_flops(self.input_shape) / 1e6
+        if fix_subnet is not None:
+            apply_subnet(self.mutator, fix_subnet)
+        self.mflops_given = self.mutator.current_flops(self.input_shape) / 1e6
+        self.rerounded = {}         # unit name -> (given width, rounded width)
+        if divisor is not None:
+            self.mutator.rounding = Rounding(divisor, where="--divisor")
+            for u in self.mutator.units:
+                w = self.mutator.rounding(u.width, u.num_channels)
+                if w != u.width:
+                    self.rerounded[u.name] = (u.width, w)
+                u.set_width(w)
+        self.mflops = self.mutator.current_flops(self.input_shape) / 1e6
+        self.widths = self.mutator.widths()
+
+    def fix_subnet(self):
+        """The structure as mmrazor's fix-subnet JSON (a dict)."""
+        return self.mutator.export_subnet((1,) + self.input_shape)
+
+
 class DMCP:
     """A supernet (``architecture``) with its mutator and the DMCP schedule settings.
     ``model(x)`` / ``model.backward(g)`` run the architecture at its current widths."""
@@ -70,14 +121,15 @@ class DMCP:
                  "arch_random"), arch_start_train=5000, arch_train_freq=500, distillation_times=10000,
                  flop_loss_weight=0.1, flops_loss_type="log_l1", target_flops=2000, distiller=None,
                  data_preprocessor=None, init_cfg=None, _scope_=None, seed=0, **unused):
-        _check_keys("DMCP", unused, ())
+        check_keys("model (DMCP)", unused, signature_keys(DMCP.__init__, ("seed",)))
         self.architecture = build_classifier(architecture, seed)
         mcfg = _plain(mutator_cfg or {})
-        _check_keys("mutator_cfg", mcfg, ("type", "channel_unit_cfg", "pruning_cfg", "parse_cfg",
+        check_keys("mutator_cfg", mcfg, ("type", "channel_unit_cfg", "pruning_cfg", "parse_cfg",
                                           "prob_type"))
         self.input_shape = demo_input_shape(mcfg)
         self.mutator = Mutator(self.architecture, mcfg.get("pruning_cfg", (0.1, 1.0, 0.05)),
-                               mcfg.get("prob_type", "exp"))
+                               mcfg.get("prob_type", "exp"),
+                               Rounding.from_cfg(mcfg.get("channel_unit_cfg")))
         bad = [s for s in strategy if s not in STRATEGIES]
         if bad or not strategy:
             raise UserError(f"DMCP strategy {list(strategy)}: unknown entries {bad}; accepted: {STRATEGIES}")
@@ -92,11 +144,8 @@ class DMCP:
         if not self.target_mflops > 0:
             raise UserError(f"model.target_flops={target_flops!r}: must be a positive number of "
                             f"MFLOPs")
-        self.tau = 1.0
-        if distiller:
-            tau = _find_key(distiller, "tau")
-            self.tau = float(tau) if tau is not None else 1.0
-        self.kd = KLDivergence(self.tau)
+        self.tau, kd_weight = distill_settings(distiller)
+        self.kd = KLDivergence(self.tau, kd_weight)
         self.random_prob = 1.0          # q of 'scheduled_random'
         self.stall_steps = 50           # arch steps without any alpha gradient before a warning
         self._stalled = {}              # unit name -> consecutive arch steps with zero dalpha
@@ -174,20 +223,45 @@ class DMCP:
         return self.flop_loss_weight * loss, f
 
 
-def _find_key(cfg, key):
-    if isinstance(cfg, dict):
-        if key in cfg:
-            return cfg[key]
-        for v in cfg.values():
-            r = _find_key(v, key)
-            if r is not None:
-                return r
-    elif isinstance(cfg, (list, tuple)):
-        for v in cfg:
-            r = _find_key(v, key)
-            if r is not None:
-                return r
-    return None
+def distill_settings(distiller):
+    """(tau, loss_weight) of the in-place distillation a DMCP ``distiller`` describes.
+    dmcp implements what mmrazor's DMCP configs ask for: a ConfigurableDistiller with
+    one KLDivergence loss from the max subnet's logits (recorder 'fc') to each smaller
+    subnet's; any other distiller, loss or recorder is refused by name."""
+    if not distiller:
+        return 1.0, 1.0
+    where = "model.distiller"
+    if not isinstance(distiller, dict):
+        raise UserError(f"{where}: expected dict(type='ConfigurableDistiller', ...), got {distiller!r}")
+    cfg = dict(distiller)
+    t = _strip_scope(cfg.pop("type", None))
+    if t != "ConfigurableDistiller":
+        raise UserError(f"{where}: type {t!r} is not supported; dmcp runs mmrazor's in-place "
+                        f"distillation, type='ConfigurableDistiller' with a KLDivergence loss")
+    check_keys(f"{where} (ConfigurableDistiller)", cfg, ("distill_losses", "loss_forward_mappings",
+                                                         "student_recorders", "teacher_recorders"))
+    losses = dict(cfg.get("distill_losses") or {})
+    if len(losses) != 1:
+        raise UserError(f"{where}.distill_losses: dmcp runs exactly one loss (KLDivergence), got "
+                        f"{sorted(losses) or 'none'}")
+    (name, loss), = losses.items()
+    where = f"{where}.distill_losses.{name}"
+    loss = dict(loss)
+    lt = _strip_scope(loss.pop("type", None))
+    if lt != "KLDivergence":
+        raise UserError(f"{where}: loss type {lt!r} is not supported (KLDivergence)")
+    check_keys(f"{where} (KLDivergence)", loss, ("tau", "loss_weight", "reduction",
+                                                 "teacher_detach"))
+    if loss.get("reduction", "batchmean") != "batchmean" or loss.get("teacher_detach", True) is not True:
+        raise UserError(f"{where}: only reduction='batchmean' with teacher_detach=True is supported")
+    for arg, m in dict((cfg.get("loss_forward_mappings") or {}).get(name) or {}).items():
+        if dict(m).get("recorder", "fc") != "fc":
+            raise UserError(f"model.distiller.loss_forward_mappings.{name}.{arg}: recorder "
+                            f"{m['recorder']!r}: dmcp distils the classifier's logits only ('fc')")
+    tau = cfg_number(loss.get("tau", 1.0), f"{where}.tau")
+    if not tau > 0:
+        raise UserError(f"{where}.tau={tau!r}: must be positive")
+    return tau, cfg_number(loss.get("loss_weight", 1.0), f"{where}.loss_weight", float, 0.0)
 
 
 def build_algorithm_model(cfg, seed=0):
@@ -201,7 +275,7 @@ def build_algorithm_model(cfg, seed=0):
         return DMCP(seed=seed, **cfg)
     if t == "sub_model":
         cfg.pop("type")
-        _check_keys("sub_model", cfg, ("cfg", "fix_subnet", "mode", "init_weight_from_supernet",
+        check_keys("sub_model", cfg, ("cfg", "fix_subnet", "mode", "init_weight_from_supernet",
                                        "init_cfg", "data_preprocessor", "_scope_"))
         if "cfg" not in cfg or "fix_subnet" not in cfg:
             raise UserError("sub_model needs 'cfg' (the supernet) and 'fix_subnet'")
@@ -262,7 +336,7 @@ def arch_step(model, arch_optimizer, x, y, dist):
     mut.zero_alpha_grad()
     mut.set_gates(True)
     net.eval()
-    weights = [p for _, p in net.named_parameters()]
+    weights = [p for _, p in net.named_parameters() if p.requires_grad]    # frozen ones stay so
     for p in weights:           # only the alphas learn here: skip every weight gradient
         p.requires_grad = False
     try:

@@ -6,6 +6,7 @@ pickle whose tensors refer to storages by key) and ``data/<key>`` (the raw
 little-endian bytes of each storage).  The unpickler below rebuilds tensors as
 NumPy arrays and refuses every other global it does not know.
 """
+import json
 import os
 import pickle
 import re
@@ -165,6 +166,21 @@ def read_checkpoint(path):
     if not isinstance(obj, dict):
         raise UserError(f"checkpoint '{path}' does not hold a state dict")
     return obj
+
+
+def embedded_subnet(path):
+    """The fix-subnet dict a slim .npz written by tools/export.py carries, else None."""
+    if not str(path).endswith(".npz") or not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "fix_subnet" not in z.files:
+                return None
+            return json.loads(bytes(z["fix_subnet"]).decode("utf-8"))
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zlib.error,
+            UnicodeDecodeError) as e:
+        raise UserError(f"checkpoint '{path}': its fix_subnet entry is unreadable "
+                        f"({type(e).__name__}: {e})") from None
 
 
 def _torchvision_mbv2_names(model):

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from .config import Config, ConfigError, parse_cfg_options
+from .config import Config, ConfigError, check_option_keys, parse_cfg_options
 from .units import UserError
 
 
@@ -29,45 +29,39 @@ def run(main, argv=None):
 def load_config(path, options=None):
     cfg = Config.fromfile(path)
     if options:
-        cfg.merge_from_dict(parse_cfg_options(options))
+        options = parse_cfg_options(options)
+        check_option_keys(cfg, options)
+        cfg.merge_from_dict(options)
     return cfg
 
 
-def _architecture_cfg(cfg):
-    model = cfg.get("model")
-    if model is None:
-        raise UserError(f"{cfg.filename}: no 'model' in the config")
-    kind = str(model.get("type", "ImageClassifier")).split(".")[-1]
-    return model, kind
-
-
 def get_flops_main(argv):
-    from .algorithm import build_classifier, build_pruned
+    from .algorithm import Structure, supernet_of
     from .flops import count_flops, flops_input_shape
-    from .units import Mutator, apply_subnet
     p = argparse.ArgumentParser(prog="get_flops.py", description="Conv+linear MACs and parameters "
                                 "of a config's model (optionally a pruned structure).")
     p.add_argument("config")
-    p.add_argument("--subnet", help="fix-subnet JSON to apply to the supernet")
+    p.add_argument("--subnet", help="fix-subnet JSON to apply to the supernet (default: a "
+                   "sub_model config's fix_subnet)")
+    p.add_argument("--divisor", type=int, help="round every width to a multiple of N first")
     p.add_argument("--shape", type=int, nargs="+", help="input H [W]")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--cfg-options", nargs="+", default=[])
     args = p.parse_args(argv)
+    if args.divisor is not None and args.divisor < 1:
+        raise UserError(f"--divisor {args.divisor}: must be a positive integer")
     cfg = load_config(args.config, args.cfg_options)
     shape = flops_input_shape(cfg, args.shape)
-    model_cfg, kind = _architecture_cfg(cfg)
-    if kind in ("DMCP", "DMCPDDP"):
-        net = build_classifier(model_cfg["architecture"])
-    elif kind == "sub_model":
-        net = build_pruned(model_cfg["cfg"], model_cfg["fix_subnet"]) if not args.subnet \
-            else build_classifier(model_cfg["cfg"])
-    else:
-        net = build_classifier(model_cfg)
-    if args.subnet:
-        pruning = (model_cfg.get("mutator_cfg") or {}).get("pruning_cfg", (0.1, 1.0, 0.05))
-        apply_subnet(Mutator(net, pruning), args.subnet)
+    arch_cfg, own_subnet, rounding = supernet_of(cfg)
+    st = Structure(arch_cfg, args.subnet if args.subnet is not None else own_subnet, shape,
+                   rounding, args.divisor)
+    net = st.supernet
     r = count_flops(net, shape)
     r["input_shape"] = list(shape)
+    if args.divisor is not None:
+        r["mflops_before_divisor"] = st.mflops_given
+        if not args.json:
+            print(f"divisor {args.divisor}: {st.mflops_given:.2f} -> {st.mflops:.2f} MFLOPs")
     if args.json:
         print(json.dumps(r))
         return 0

@@ -28,6 +28,7 @@ The loaded config holds no shared objects: every dict is a fresh ``ConfigDict``.
 import ast
 import copy
 import difflib
+import inspect
 import json
 import keyword
 import math
@@ -40,7 +41,8 @@ try:
 except ImportError:  # PyYAML is only needed for .yaml configs
     yaml = None
 
-__all__ = ["ConfigError", "ConfigDict", "Config", "parse_cfg_options"]
+__all__ = ["ConfigError", "ConfigDict", "Config", "parse_cfg_options", "check_option_keys",
+           "check_keys", "signature_keys", "RUNTIME_KEYS"]
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
@@ -57,6 +59,59 @@ _LINE_WIDTH = 79
 
 class ConfigError(Exception):
     """A config that cannot be loaded, merged or written; the message names the file/key."""
+
+
+# Top-level keys a config may leave out and still set with --cfg-options: what dmcp's
+# runner and tools read, plus the rest of mmengine's Runner arguments, so mmcls/mmrazor
+# command lines keep working.  A config's own variables need no entry: they are in it.
+RUNTIME_KEYS = frozenset({
+    # read by dmcp (runner, data, flops, tools)
+    "model", "work_dir", "train_dataloader", "val_dataloader", "test_dataloader",
+    "data_preprocessor", "optim_wrapper", "param_scheduler", "train_cfg", "default_hooks",
+    "custom_hooks", "randomness", "load_from", "resume",
+    # the rest of mmengine's Runner arguments
+    "val_cfg", "test_cfg", "launcher", "env_cfg", "log_level", "default_scope", "val_evaluator",
+    "test_evaluator", "auto_scale_lr", "log_processor", "visualizer", "vis_backends",
+    "experiment_name", "model_wrapper_cfg",
+})
+
+
+def _did_you_mean(name, choices):
+    hint = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+def check_keys(kind, given, allowed):
+    """Every key of ``given`` must be in ``allowed``; else a UserError naming ``kind``
+    (the type as the config wrote it), the unknown keys with the nearest accepted one,
+    and every accepted key."""
+    allowed = sorted(set(allowed))
+    bad = [k for k in given if k not in allowed]
+    if not bad:
+        return
+    from .units import UserError
+    named = ", ".join(f"{k!r}{_did_you_mean(k, allowed)}" for k in bad)
+    raise UserError(f"{kind}: unknown key{'s' if len(bad) > 1 else ''} {named}; accepted keys: "
+                    f"{', '.join(allowed) or 'none'}")
+
+
+def signature_keys(func, internal=()):
+    """The keyword arguments ``func`` takes from a config: its named parameters less
+    ``self`` and the ``internal`` ones the builder passes itself."""
+    return [name for name, p in inspect.signature(func).parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and name != "self" and name not in internal]
+
+
+def check_option_keys(cfg, options):
+    """Each ``--cfg-options`` key must start at a top-level key the config defines or
+    one in RUNTIME_KEYS: a misspelt ``trian_cfg.max_epochs=1`` would be set and never read."""
+    known = set(cfg) | RUNTIME_KEYS
+    for key in options:
+        top = key.split(".")[0]
+        if top not in known:
+            raise ConfigError(f"--cfg-options {key}: {top!r} is neither a key of the config nor "
+                              f"one the runner reads{_did_you_mean(top, sorted(known))}")
 
 
 # ---------------------------------------------------------------------------
@@ -83,11 +138,7 @@ def _convert(value):
 
 def _missing_key(container, name):
     keys = [k for k in container if isinstance(k, str)]
-    hint = difflib.get_close_matches(name, keys, n=1)
-    msg = f"config has no key {name!r}"
-    if hint:
-        msg += f" (did you mean {hint[0]!r}?)"
-    return AttributeError(msg)
+    return AttributeError(f"config has no key {name!r}{_did_you_mean(name, keys)}")
 
 
 class ConfigDict(dict):
@@ -357,6 +408,9 @@ def _load_py(path, stack):
             exec(code, env)
         except ConfigError:
             raise
+        except SystemExit as e:     # sys.exit(0) in a config must not end the tool silently
+            raise ConfigError(f"{path}:{_error_line(e, path)}: the config exited "
+                              f"(sys.exit({e.code!r})) while being read") from None
         except Exception as e:
             raise ConfigError(f"{path}:{_error_line(e, path)}: {type(e).__name__}: {e}") from None
     own = {k: v for k, v in env.items() if _is_config_value(k, v)}

@@ -23,7 +23,6 @@ number of worker threads or the order in which they run.
 import collections
 import difflib
 import gzip
-import inspect
 import math
 import numbers
 import os
@@ -34,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import _C
+from .config import check_keys as _check_keys, signature_keys
 from .units import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -46,15 +46,6 @@ _MASK64 = (1 << 64) - 1
 
 def _strip_scope(t):
     return t.split(".")[-1] if isinstance(t, str) else t
-
-
-def _check_keys(where, cfg, allowed):
-    for key in cfg:
-        if key not in allowed:
-            hint = difflib.get_close_matches(str(key), list(allowed), n=1)
-            raise UserError(f"{where}: unknown key {key!r}"
-                            + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                            + f"; accepted keys: {', '.join(sorted(allowed))}")
 
 
 def _build(registry, cfg, where, what):
@@ -74,9 +65,7 @@ def _build(registry, cfg, where, what):
         raise UserError(f"{where}: unknown {what} type {kind!r}{extra}"
                         + (f" (did you mean {hint[0]!r}?)" if hint else "")
                         + f"; known: {', '.join(sorted(registry))}")
-    params = inspect.signature(cls.__init__).parameters
-    allowed = [p for p in params if p not in ("self", "where")]
-    _check_keys(f"{where} ({kind})", cfg, allowed)
+    _check_keys(f"{where} ({kind})", cfg, signature_keys(cls.__init__, ("where",)))
     return cls(where=f"{where} ({kind})", **cfg)
 
 
@@ -978,8 +967,7 @@ def dataset_input_shape(dataset_cfg, where="dataset"):
     if kind not in DATASETS:
         _build(DATASETS, dataset_cfg, where, "dataset")        # raises the unknown-type error
     cfg = {k: v for k, v in dataset_cfg.items() if k not in ("type", "_scope_")}
-    params = inspect.signature(DATASETS[kind].__init__).parameters
-    _check_keys(f"{where} ({kind})", cfg, [p for p in params if p not in ("self", "where")])
+    _check_keys(f"{where} ({kind})", cfg, signature_keys(DATASETS[kind].__init__, ("where",)))
     if kind == "SyntheticDataset":
         shp = cfg.get("image_shape", (3, 224, 224))
         if not isinstance(shp, (list, tuple)) or len(shp) != 3:

@@ -12,7 +12,8 @@ import numpy as np
 from . import _C
 from .nn import (BatchNorm2d, Conv2d, CrossEntropyLoss, GlobalAvgPool, Linear, MaxPool2d, Module,
                  ReLU)
-from .units import ChannelUnit, UserError
+from .config import _did_you_mean, check_keys, signature_keys
+from .units import ChannelUnit, UserError, make_divisible
 
 
 class NormGateAct(Module):
@@ -166,21 +167,46 @@ class Bottleneck(_ResidualBlock):
         self._last_bn = self.bn3
 
 
-def _check_keys(kind, given, allowed):
-    bad = sorted(set(given) - set(allowed))
-    if bad:
-        raise UserError(f"{kind}: unknown key(s) {', '.join(repr(b) for b in bad)}; "
-                        f"accepted: {', '.join(sorted(allowed))}")
-
-
 class _Backbone(Module):
-    """Sequence of stem ops and stages with a units table."""
+    """Sequence of stem ops and stages with a units table, and mmcls's
+    ``frozen_stages`` / ``norm_eval``: frozen_stages=k >= 0 freezes the stem and
+    stages 1..k (their parameters get no gradient and no update, their layers stay
+    in eval mode); norm_eval=True keeps every BN in eval mode while training."""
 
     def forward(self, x):
         return _forward(self._ops, x)
 
     def backward(self, d):
         return _backward(self._ops, d)
+
+    def _freeze(self, frozen_stages, norm_eval, stem, stages, stem_eval=True):
+        """``stem``: the stem's modules; ``stages``: one list of blocks per stage;
+        ``stem_eval``: whether a frozen stem also stays in eval mode."""
+        if not (isinstance(frozen_stages, int) and not isinstance(frozen_stages, bool)
+                and -1 <= frozen_stages <= len(stages)):
+            raise UserError(f"backbone frozen_stages={frozen_stages!r}: must be an integer in "
+                            f"-1..{len(stages)} (-1 freezes nothing, 0 the stem, k the stem and "
+                            f"stages 1..k)")
+        if not isinstance(norm_eval, bool):
+            raise UserError(f"backbone norm_eval={norm_eval!r}: must be True or False")
+        self.frozen_stages, self.norm_eval = frozen_stages, norm_eval
+        blocks = [blk for layer in stages[:max(frozen_stages, 0)] for blk in layer]
+        stem = list(stem) if frozen_stages >= 0 else []
+        for m in stem + blocks:
+            for p in m.parameters():
+                p.requires_grad = False
+        self._always_eval = (stem if stem_eval else []) + blocks
+
+    def train(self, mode=True):
+        super().train(mode)
+        if mode:
+            for m in self._always_eval:
+                m.eval()
+            if self.norm_eval:
+                for _, m in self.named_modules():
+                    if isinstance(m, BatchNorm2d):
+                        m.training = False
+        return self
 
 
 class ResNet(_Backbone):
@@ -193,8 +219,7 @@ class ResNet(_Backbone):
 
     def __init__(self, depth=50, in_channels=3, num_stages=4, out_indices=None, style="pytorch",
                  zero_init_residual=True, frozen_stages=-1, norm_eval=False, stem_channels=None,
-                 base_channels=None, small_input=False, rng=None, widths=None, **unused):
-        _check_keys("ResNet", unused, ())
+                 base_channels=None, small_input=False, rng=None, widths=None):
         if style != "pytorch":
             raise UserError(f"ResNet: only style='pytorch' is supported, got {style!r}")
         rng = rng if rng is not None else np.random.default_rng(0)
@@ -247,19 +272,13 @@ class ResNet(_Backbone):
             raise UserError(f"pruned widths name unknown unit(s): {', '.join(sorted(book.widths))}")
         self.units = book.units
         self.out_unit = in_unit
+        stages = [getattr(self, f"layer{s + 1}") for s in range(len(blocks))]
         if zero_init_residual:
-            for layer in (getattr(self, f"layer{s + 1}") for s in range(len(blocks))):
+            for layer in stages:
                 for blk in layer:
                     blk._last_bn.weight.data[...] = 0.0
-
-
-def make_divisible(value, divisor=8, min_value=None, min_ratio=0.9):
-    """mmcls/torchvision channel rounding."""
-    min_value = min_value or divisor
-    new = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if new < min_ratio * value:
-        new += divisor
-    return new
+        self._freeze(frozen_stages, norm_eval, [self.conv1, self.bn1], stages)
+        self.train()
 
 
 class InvertedResidual(Module):
@@ -298,8 +317,7 @@ class MobileNetV2(_Backbone):
                 (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
     def __init__(self, widen_factor=1.0, in_channels=3, out_indices=(7,), frozen_stages=-1,
-                 norm_eval=False, rng=None, widths=None, **unused):
-        _check_keys("MobileNetV2", unused, ())
+                 norm_eval=False, rng=None, widths=None):
         if tuple(out_indices) != (7,):
             raise UserError(f"MobileNetV2: only out_indices=(7,) is supported, got {tuple(out_indices)}")
         rng = rng if rng is not None else np.random.default_rng(0)
@@ -329,6 +347,16 @@ class MobileNetV2(_Backbone):
             raise UserError(f"pruned widths name unknown unit(s): {', '.join(sorted(book.widths))}")
         self.units = book.units
         self.out_unit = last_unit
+        # as mmcls: a frozen stem's parameters stop, but its BN keeps training mode
+        self._freeze(frozen_stages, norm_eval, [self.conv1],
+                     [getattr(self, f"layer{s + 1}") for s in range(len(self.settings))],
+                     stem_eval=False)
+        self.train()
+
+
+BACKBONES = {"ResNet": ResNet, "ResNet_CIFAR": ResNet, "CifarResNet": ResNet,
+             "MobileNetV2": MobileNetV2}
+_BUILDER_ARGS = ("rng", "widths", "small_input")    # set by ImageClassifier, not by a config
 
 
 class LinearClsHead(Module):
@@ -362,12 +390,12 @@ def build_loss(cfg, num_classes):
     cfg = dict(cfg)
     t = _strip_scope(cfg.pop("type", None))
     if t == "CrossEntropyLoss":
-        _check_keys("CrossEntropyLoss", cfg, ("loss_weight", "use_sigmoid", "use_soft"))
+        check_keys("CrossEntropyLoss", cfg, ("loss_weight", "use_sigmoid", "use_soft"))
         if cfg.get("use_sigmoid") or cfg.get("use_soft"):
             raise UserError("CrossEntropyLoss: use_sigmoid/use_soft are not supported")
         return CrossEntropyLoss(0.0, cfg.get("loss_weight", 1.0))
     if t == "LabelSmoothLoss":
-        _check_keys("LabelSmoothLoss", cfg, ("label_smooth_val", "mode", "num_classes", "loss_weight",
+        check_keys("LabelSmoothLoss", cfg, ("label_smooth_val", "mode", "num_classes", "loss_weight",
                                              "reduction", "use_sigmoid"))
         mode = cfg.get("mode", "original")
         if mode != "original":
@@ -386,24 +414,24 @@ class ImageClassifier(Module):
         rng = np.random.default_rng(seed)
         bcfg = dict(backbone)
         btype = _strip_scope(bcfg.pop("type", None))
-        if btype == "ResNet":
-            self.backbone = ResNet(rng=rng, widths=widths, **bcfg)
-        elif btype in ("ResNet_CIFAR", "CifarResNet"):
+        cls = BACKBONES.get(btype)
+        if cls is None:
+            raise UserError(f"backbone type {btype!r} is not one of {', '.join(BACKBONES)}"
+                            f"{_did_you_mean(btype, BACKBONES)}")
+        check_keys(f"backbone ({btype})", bcfg, signature_keys(cls.__init__, _BUILDER_ARGS))
+        if btype in ("ResNet_CIFAR", "CifarResNet"):
             bcfg.setdefault("depth", 20)
-            self.backbone = ResNet(rng=rng, widths=widths, small_input=True, **bcfg)
-        elif btype == "MobileNetV2":
-            self.backbone = MobileNetV2(rng=rng, widths=widths, **bcfg)
-        else:
-            raise UserError(f"backbone type {btype!r} is not one of ResNet, ResNet_CIFAR, MobileNetV2")
+            bcfg["small_input"] = True
+        self.backbone = cls(rng=rng, widths=widths, **bcfg)
         ncfg = dict(neck or dict(type="GlobalAveragePooling"))
         if _strip_scope(ncfg.pop("type", None)) != "GlobalAveragePooling":
             raise UserError("neck: only GlobalAveragePooling is supported")
-        _check_keys("GlobalAveragePooling", ncfg, ("dim",))
+        check_keys("GlobalAveragePooling", ncfg, ("dim",))
         self.neck = GlobalAvgPool()
         hcfg = dict(head or {})
         if _strip_scope(hcfg.pop("type", "LinearClsHead")) != "LinearClsHead":
             raise UserError("head: only LinearClsHead is supported")
-        _check_keys("LinearClsHead", hcfg, ("num_classes", "in_channels", "loss", "topk", "cal_acc",
+        check_keys("LinearClsHead", hcfg, ("num_classes", "in_channels", "loss", "topk", "cal_acc",
                                             "init_cfg"))
         if "num_classes" not in hcfg:
             raise UserError("head: 'num_classes' is required")

@@ -33,7 +33,8 @@ def _pair(v):
 class Parameter:
     """A trainable array and its gradient (same shape, float32).  With
     ``requires_grad`` False, backward passes leave ``grad`` alone (and skip
-    computing it)."""
+    computing it) and optimisers leave the parameter alone, as PyTorch's skip a
+    parameter without a gradient."""
 
     def __init__(self, data):
         self.data = np.ascontiguousarray(data, dtype=np.float32)
@@ -102,8 +103,11 @@ class Module:
         return d
 
     def train(self, mode=True):
-        for _, m in self.named_modules():
-            m.training = mode
+        """Set the mode here and, through each child's own ``train``, below (as PyTorch:
+        a module may keep some of its layers in eval mode)."""
+        self.training = mode
+        for _, m in self.children():
+            m.train(mode)
         return self
 
     def eval(self):
@@ -449,6 +453,8 @@ class SGD:
     def step(self):
         for g in self.param_groups:
             for p in g["params"]:
+                if not p.requires_grad:
+                    continue
                 buf = self.state.get(id(p))
                 first = buf is None
                 if first and g["momentum"] != 0:
@@ -473,6 +479,8 @@ class Adam:
     def step(self):
         for g in self.param_groups:
             for p in g["params"]:
+                if not p.requires_grad:
+                    continue
                 st = self.state.get(id(p))
                 if st is None:
                     st = self.state[id(p)] = [0, np.zeros_like(p.data), np.zeros_like(p.data)]

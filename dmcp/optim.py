@@ -3,7 +3,8 @@ import math
 
 import numpy as np
 
-from .models import _check_keys, _strip_scope
+from .config import _did_you_mean, check_keys
+from .models import _strip_scope
 from .nn import SGD, Adam, BatchNorm2d, Linear, Conv2d
 from .units import UserError
 
@@ -12,7 +13,7 @@ def param_groups(model, base_wd, paramwise_cfg=None):
     """One group per parameter with its decay multiplier (mmengine's paramwise_cfg:
     norm_decay_mult for BN weight/bias, bias_decay_mult for conv/linear biases)."""
     cfg = dict(paramwise_cfg or {})
-    _check_keys("paramwise_cfg", cfg, ("norm_decay_mult", "bias_decay_mult", "custom_keys",
+    check_keys("paramwise_cfg", cfg, ("norm_decay_mult", "bias_decay_mult", "custom_keys",
                                        "bypass_duplicate", "dwconv_decay_mult"))
     if cfg.get("custom_keys"):
         raise UserError("paramwise_cfg.custom_keys is not supported")
@@ -40,14 +41,14 @@ def build_optimizer(cfg, params_or_groups, where="optimizer"):
     cfg = dict(cfg)
     t = _strip_scope(cfg.pop("type", None))
     if t == "SGD":
-        _check_keys(f"{where} (SGD)", cfg, ("lr", "momentum", "dampening", "weight_decay", "nesterov"))
+        check_keys(f"{where} (SGD)", cfg, ("lr", "momentum", "dampening", "weight_decay", "nesterov"))
         if "lr" not in cfg:
             raise UserError(f"{where}: 'lr' is required")
         return SGD(params_or_groups, **cfg)
     if t in ("Adam", "AdamW"):
         if t == "AdamW":
             raise UserError(f"{where}: AdamW is not supported (use Adam)")
-        _check_keys(f"{where} (Adam)", cfg, ("lr", "betas", "eps", "weight_decay", "amsgrad"))
+        check_keys(f"{where} (Adam)", cfg, ("lr", "betas", "eps", "weight_decay", "amsgrad"))
         if cfg.pop("amsgrad", False):
             raise UserError(f"{where}: amsgrad is not supported")
         return Adam(params_or_groups, **cfg)
@@ -72,18 +73,56 @@ def optimizer_state(opt, names):
     return out
 
 
-def load_optimizer_state(opt, names, state):
-    for g in opt.param_groups:
-        for p in g["params"]:
-            name = names[id(p)]
-            if isinstance(opt, SGD):
-                buf = state.get(f"{name}.momentum_buffer")
-                if buf is not None:
-                    opt.state[id(p)] = np.array(buf, np.float32)
-            elif f"{name}.step" in state:
-                opt.state[id(p)] = [int(state[f"{name}.step"]),
-                                    np.array(state[f"{name}.exp_avg"], np.float32),
-                                    np.array(state[f"{name}.exp_avg_sq"], np.float32)]
+_STATE_FIELDS = {SGD: ("momentum_buffer",), Adam: ("step", "exp_avg", "exp_avg_sq")}
+
+
+def keeps_state(opt):
+    """Does a step leave state to checkpoint (Adam always, SGD with momentum)?"""
+    return not isinstance(opt, SGD) or any(g["momentum"] != 0 for g in opt.param_groups)
+
+
+def load_optimizer_state(opt, names, state, where="optimizer"):
+    """Put ``optimizer_state``'s arrays back.  Every entry must name one of ``opt``'s
+    parameters, a field its type keeps and the parameter's shape; once any state is
+    given, every trainable parameter needs its own.  A mismatch is a UserError naming
+    ``where`` and the entry; nothing is changed then."""
+    kind = type(opt)
+    fields = _STATE_FIELDS[kind]
+    params = {names[id(p)]: p for g in opt.param_groups for p in g["params"]}
+    found = {}
+    for key, value in state.items():
+        name, _, field = key.rpartition(".")
+        if field not in fields:
+            other = [k.__name__ for k, f in _STATE_FIELDS.items() if field in f]
+            raise UserError(f"{where}: entry {key!r} is {other[0] if other else 'unknown'} state, "
+                            f"but the config's optimizer is {kind.__name__}")
+        if name not in params:
+            raise UserError(f"{where}: entry {key!r} names no parameter of this model"
+                            f"{_did_you_mean(name, params)}")
+        found.setdefault(name, {})[field] = np.asarray(value)
+    missing = [n for n, p in params.items() if p.requires_grad and n not in found] if found else []
+    partial = [f"{n}.{f}" for n, got in found.items() for f in fields if f not in got]
+    if missing or partial:
+        gone = partial or missing
+        raise UserError(f"{where}: no state for {len(gone)} entr{'y' if len(gone) == 1 else 'ies'} "
+                        f"({', '.join(gone[:3])}{' ...' if len(gone) > 3 else ''}); was it saved "
+                        f"for another model?")
+    for name, got in found.items():
+        shape = params[name].shape
+        for field, value in got.items():
+            want = () if field == "step" else shape
+            if value.shape != want or (field == "step" and not (
+                    np.issubdtype(value.dtype, np.integer) and value >= 0)):
+                raise UserError(f"{where}: entry '{name}.{field}' has shape {value.shape} "
+                                f"({value.dtype}); the model needs "
+                                f"{'a non-negative integer' if field == 'step' else want}")
+    for name, got in found.items():
+        p = params[name]
+        if kind is SGD:
+            opt.state[id(p)] = np.array(got["momentum_buffer"], np.float32)
+        else:
+            opt.state[id(p)] = [int(got["step"]), np.array(got["exp_avg"], np.float32),
+                                np.array(got["exp_avg_sq"], np.float32)]
 
 
 class LRSchedule:
@@ -106,19 +145,19 @@ class LRSchedule:
             step = 1 if (convert or not by_epoch) else iters_per_epoch
             where = f"param_scheduler[{i}] ({t})"
             if t == "LinearLR":
-                _check_keys(where, c, ("start_factor", "end_factor"))
+                check_keys(where, c, ("start_factor", "end_factor"))
                 part = ("linear", float(c.get("start_factor", 1.0 / 3)), float(c.get("end_factor", 1.0)))
             elif t == "CosineAnnealingLR":
-                _check_keys(where, c, ("T_max", "eta_min", "eta_min_ratio"))
+                check_keys(where, c, ("T_max", "eta_min", "eta_min_ratio"))
                 tmax = int(c.get("T_max", (end - begin) // scale)) * scale
                 eta = float(c.get("eta_min", 0.0)) if c.get("eta_min_ratio") is None \
                     else self.base_lr * float(c["eta_min_ratio"])
                 part = ("cosine", tmax, eta)
             elif t == "ConstantLR":
-                _check_keys(where, c, ("factor",))
+                check_keys(where, c, ("factor",))
                 part = ("constant", float(c.get("factor", 1.0 / 3)))
             elif t == "MultiStepLR":
-                _check_keys(where, c, ("milestones", "gamma"))
+                check_keys(where, c, ("milestones", "gamma"))
                 part = ("multistep", [int(m) * scale for m in c.get("milestones", [])],
                         float(c.get("gamma", 0.1)))
             else:

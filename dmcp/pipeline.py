@@ -7,6 +7,7 @@ import os
 from .cli import load_config
 from .flops import count_flops
 from .runner import Runner
+from .units import UserError
 
 DEFAULT_SUPERNET = "configs/dmcp_resnet20_fmnist_supernet.py"
 DEFAULT_SUBNET = "configs/dmcp_resnet20_fmnist_subnet.py"
@@ -18,6 +19,25 @@ def _config_path(name):
         return name
     here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name)
     return here if os.path.exists(here) else name
+
+
+def _export_onnx(retrain, shape, fix_subnet, path):
+    """The retrained pruned net as ONNX (BN folded) when the export extra is
+    installed: (path or None, the table's note)."""
+    from .export import import_onnx, to_onnx, write_atomic
+    try:
+        import_onnx()
+    except UserError:
+        retrain.log.info("ONNX export skipped: pip install 'dmcp[export]' to get "
+                         "work_dirs/.../pruned.onnx (or run tools/export.py later)")
+        return None, "not written: pip install 'dmcp[export]'"
+    retrain.net.eval()
+    with open(fix_subnet) as f:
+        meta = {"fix_subnet": f.read(), "input_shape": json.dumps(list(shape)), "producer": "dmcp"}
+    data = to_onnx(retrain.net, shape, metadata=meta).SerializeToString()
+    write_atomic(path, data)
+    retrain.log.info(f"Exported the pruned net: {path} ({len(data) / 1e6:.2f} MB)")
+    return path, f"{path} ({len(data) / 1e6:.2f} MB)"
 
 
 def pipeline_main(argv):
@@ -58,6 +78,8 @@ def pipeline_main(argv):
         "pruned_top5": result.get("accuracy/top5"),
         "fix_subnet": fix_subnet,
     }
+    table["onnx"], onnx_note = _export_onnx(retrain, shape, fix_subnet,
+                                            os.path.join(args.work_dir, "pruned.onnx"))
     with open(os.path.join(args.work_dir, "result.json"), "w") as f:
         json.dump(table, f, indent=2)
     rows = [("supernet FLOPs (conv+linear MACs)", f"{table['supernet_mflops']:.2f} M"),
@@ -66,7 +88,8 @@ def pipeline_main(argv):
                              f"({100 * table['pruned_mflops'] / table['supernet_mflops']:.1f}%)"),
             ("pruned params", f"{table['pruned_params_m']:.3f} M"),
             ("pruned top-1 (test set)", f"{table['pruned_top1']:.2f} %"),
-            ("pruned structure", fix_subnet)]
+            ("pruned structure", fix_subnet),
+            ("pruned model (ONNX)", onnx_note)]
     w = max(len(r[0]) for r in rows)
     print("\n" + "\n".join(f"| {a:<{w}} | {b} |" for a, b in rows))
     return table

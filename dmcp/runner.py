@@ -14,8 +14,8 @@ import numpy as np
 from . import algorithm
 from .algorithm import DMCP, build_algorithm_model
 from .nn import BatchNorm2d
-from .optim import (LRSchedule, build_optimizer, load_optimizer_state, optimizer_state,
-                    param_groups)
+from .optim import (LRSchedule, build_optimizer, keeps_state, load_optimizer_state,
+                    optimizer_state, param_groups)
 from .units import UserError, cfg_number
 
 
@@ -114,6 +114,11 @@ def subnet_hook_of(cfg):
 
 
 class Runner:
+    """``resume``: a training checkpoint to continue, or "auto" for the work dir's last
+    one; None follows the config (mmengine's ``resume``/``load_from``: resume=True
+    continues load_from or the last checkpoint, load_from alone starts from its
+    weights); False starts from the built model (tools/test.py loads its own)."""
+
     def __init__(self, cfg, work_dir=None, resume=None, launcher="none"):
         self.cfg = cfg
         stem = os.path.splitext(os.path.basename(cfg.filename or "config"))[0]
@@ -163,8 +168,19 @@ class Runner:
         self.max_iters = self.max_epochs * self.iters_per_epoch
         self.schedule = LRSchedule(cfg.get("param_scheduler"), self.base_lr, self.iters_per_epoch,
                                    self.max_iters)
+        load_from = cfg.get("load_from")
+        if load_from is not None and not isinstance(load_from, (str, os.PathLike)):
+            raise UserError(f"load_from={load_from!r}: expected a checkpoint path or None")
+        auto = cfg.get("resume", False)
+        if not isinstance(auto, bool):
+            raise UserError(f"resume={auto!r}: must be True or False (name the checkpoint with "
+                            f"load_from=PATH)")
+        if resume is None and auto:
+            resume = load_from or "auto"
         if resume:
             self.resume(resume)
+        elif resume is None and load_from:
+            self.load_from(os.fspath(load_from))
         if self.is_main:
             cfg.dump(os.path.join(self.work_dir, f"{stem}.py"))
 
@@ -255,27 +271,77 @@ class Runner:
                 path = f.read().strip()
         if not os.path.exists(path):
             raise UserError(f"--resume: checkpoint '{path}' does not exist")
+        weights_only = (f"; to start from its weights with a fresh optimizer at epoch 0, use "
+                        f"--cfg-options load_from={path}")
         try:
-            z = np.load(path, allow_pickle=False)
-            files = {k: z[k] for k in z.files}
+            with np.load(path, allow_pickle=False) as z:
+                files = {k: z[k] for k in z.files}
         except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
-            raise UserError(f"--resume: '{path}' is not a dmcp checkpoint ({e})") from None
+            raise UserError(f"--resume: '{path}' is not a dmcp training checkpoint "
+                            f"({type(e).__name__}: {e}){weights_only}") from None
         if "meta" not in files:
-            raise UserError(f"--resume: '{path}' is not a dmcp checkpoint (no meta)")
-        meta = json.loads(bytes(files["meta"]).decode())
-        sd = {k[len("state_dict/"):]: v for k, v in files.items() if k.startswith("state_dict/")}
-        self.model.load_state_dict(sd)
-        load_optimizer_state(self.optimizer, self.names,
-                             {k[len("optimizer/"):]: v for k, v in files.items() if k.startswith("optimizer/")})
+            raise UserError(f"--resume: '{path}' is not a dmcp training checkpoint (no 'meta' "
+                            f"entry){weights_only}")
+        epoch, it, rng_state, random_prob = self._resume_meta(path, files["meta"])
+
+        def entries(prefix):
+            return {k[len(prefix):]: v for k, v in files.items() if k.startswith(prefix)}
+        opt_state = entries("optimizer/")
+        if not opt_state and keeps_state(self.optimizer):
+            raise UserError(f"--resume: '{path}' has no optimizer state{weights_only}")
+        self.model.load_state_dict(entries("state_dict/"))
+        load_optimizer_state(self.optimizer, self.names, opt_state,
+                             f"--resume: '{path}' optimizer")
         if self.arch_optimizer:
-            load_optimizer_state(self.arch_optimizer, self.names,
-                                 {k[len("arch_optimizer/"):]: v for k, v in files.items()
-                                  if k.startswith("arch_optimizer/")})
-        self.epoch, self.iter = int(meta["epoch"]), int(meta["iter"])
-        self.rng.bit_generator.state = meta["rng"]
-        if self.is_dmcp and meta.get("random_prob") is not None:
-            self.model.random_prob = float(meta["random_prob"])
+            load_optimizer_state(self.arch_optimizer, self.names, entries("arch_optimizer/"),
+                                 f"--resume: '{path}' arch_optimizer")
+        self.epoch, self.iter = epoch, it
+        self.rng.bit_generator.state = rng_state
+        if self.is_dmcp and random_prob is not None:
+            self.model.random_prob = random_prob
         self.log.info(f"Resumed from {path} at epoch {self.epoch}, iteration {self.iter}")
+
+    def _resume_meta(self, path, raw):
+        """(epoch, iter, RNG state, random_prob or None) from a checkpoint's 'meta' entry:
+        UTF-8 JSON that fits this run; anything else is a UserError naming file and entry."""
+        where = f"--resume: '{path}': entry 'meta'"
+        try:
+            meta = json.loads(np.asarray(raw).tobytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(f"{where} is not UTF-8 text") from None
+        except (ValueError, RecursionError) as e:
+            raise UserError(f"{where} is not JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise UserError(f"{where} is not a JSON object: {meta!r:.60}")
+        for key in ("epoch", "iter"):
+            v = meta.get(key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise UserError(f"{where}: " + (f"{key}={v!r} is not a non-negative integer"
+                                                if key in meta else f"no '{key}'"))
+        epoch, it = meta["epoch"], meta["iter"]
+        if not 0 <= it - epoch * self.iters_per_epoch <= self.iters_per_epoch:
+            raise UserError(f"{where}: epoch {epoch} / iteration {it} do not fit this config's "
+                            f"{self.iters_per_epoch} iterations per epoch (batch size or dataset "
+                            f"changed?)")
+        probe = np.random.default_rng(0)
+        try:
+            probe.bit_generator.state = meta.get("rng")
+        except (TypeError, ValueError, KeyError) as e:
+            raise UserError(f"{where}: 'rng' is not a {type(probe.bit_generator).__name__} "
+                            f"state ({type(e).__name__}: {e})") from None
+        random_prob = meta.get("random_prob")
+        if random_prob is not None:
+            random_prob = cfg_number(random_prob, f"{where}: random_prob")
+        return epoch, it, probe.bit_generator.state, random_prob
+
+    def load_from(self, path):
+        """mmengine's ``load_from``: the model starts from a checkpoint's weights (a dmcp
+        .npz, an exported slim .npz, a .pth) with a fresh optimizer at epoch 0."""
+        if not os.path.isfile(path):
+            raise UserError(f"load_from: checkpoint '{path}' does not exist")
+        from .checkpoint import read_checkpoint
+        self.model.load_state_dict(read_checkpoint(path))
+        self.log.info(f"Loaded weights from {path} (load_from); training starts at epoch 0")
 
     # ------------------------------------------------------------ training
     def _set_lr(self):
@@ -380,13 +446,14 @@ class Runner:
     def recalibrate_bn(self, batches=5):
         """Recompute BN running statistics at the current widths (cumulative average over
         a few training batches)."""
-        bns = [m for _, m in self.net.named_modules() if isinstance(m, BatchNorm2d)]
+        self.net.train()
+        # BNs the backbone keeps in eval mode (norm_eval, frozen stages) keep their statistics
+        bns = [m for _, m in self.net.named_modules() if isinstance(m, BatchNorm2d) and m.training]
         saved = [(m.momentum, m.running_mean.copy(), m.running_var.copy(),
                   m.num_batches_tracked.copy()) for m in bns]
         for m in bns:
             m.running_mean[...] = 0.0
             m.running_var[...] = 1.0
-        self.net.train()
         for i, (x, _) in enumerate(self.train_loader.iter_from(0)):
             if i >= batches:
                 break
@@ -529,8 +596,12 @@ def test_main(argv):
     cfg = load_config(args.config, args.cfg_options)
     if cfg.get("test_dataloader"):
         cfg["val_dataloader"] = cfg["test_dataloader"]
+    from .checkpoint import embedded_subnet
+    own = embedded_subnet(args.checkpoint)
+    if own is not None and str(cfg["model"].get("type", "")).split(".")[-1] == "sub_model":
+        cfg["model"]["fix_subnet"] = own        # an exported slim checkpoint carries its structure
     try:
-        runner = Runner(cfg, work_dir=args.work_dir, launcher=args.launcher)
+        runner = Runner(cfg, work_dir=args.work_dir, resume=False, launcher=args.launcher)
         if not os.path.exists(args.checkpoint):
             raise UserError(f"checkpoint '{args.checkpoint}' does not exist")
         from .checkpoint import read_checkpoint

@@ -38,6 +38,56 @@ def cfg_number(value, key, kind=float, minimum=None):
     return v
 
 
+def make_divisible(value, divisor=8, min_value=None, min_ratio=0.9):
+    """mmcls/mmrazor channel rounding: the nearest multiple of ``divisor`` (at least
+    ``min_value``), one step up when that loses more than 1 - ``min_ratio``."""
+    min_value = min_value or divisor
+    new = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new < min_ratio * value:
+        new += divisor
+    return new
+
+
+class Rounding:
+    """mmrazor's DMCPChannelUnit width rounding (``divisor``, ``min_value``,
+    ``min_ratio`` = 0.5; choice_mode 'number'), clamped to the unit's channels.  The
+    default divisor 1 keeps every width as it is.  ``min_value`` defaults to the
+    divisor (mmrazor's is 1, which lets a narrow unit round to 1 channel)."""
+
+    def __init__(self, divisor=1, min_value=None, min_ratio=0.5, where="channel_unit_cfg.default_args"):
+        self.divisor = cfg_number(divisor, f"{where}.divisor", int)
+        if self.divisor < 1:
+            raise UserError(f"{where}.divisor={divisor!r}: must be a positive integer")
+        self.min_value = cfg_number(self.divisor if min_value is None else min_value,
+                                    f"{where}.min_value", int, 1)
+        self.min_ratio = cfg_number(min_ratio, f"{where}.min_ratio", float, 0.0)
+
+    @classmethod
+    def from_cfg(cls, channel_unit_cfg):
+        """From a mutator's ``channel_unit_cfg`` (its ``default_args``)."""
+        ucfg = channel_unit_cfg or {}
+        args = dict(ucfg.get("default_args") or {}) if isinstance(ucfg, dict) else {}
+        where = "model.mutator_cfg.channel_unit_cfg.default_args"
+        mode = args.pop("choice_mode", "number")
+        if mode != "number":
+            raise UserError(f"{where}.choice_mode={mode!r}: only 'number' is supported")
+        bad = sorted(set(args) - {"divisor", "min_value", "min_ratio"})
+        if bad:
+            raise UserError(f"{where}: unknown key(s) {', '.join(map(repr, bad))}; accepted: "
+                            f"choice_mode, divisor, min_value, min_ratio")
+        return cls(where=where, **args)
+
+    def __call__(self, width, num_channels):
+        if self.divisor == 1:
+            return int(width)
+        w = make_divisible(int(width), self.divisor, self.min_value, self.min_ratio)
+        return int(min(w, num_channels))
+
+    def init_args(self, num_channels):
+        return {"num_channels": num_channels, "choice_mode": "number", "divisor": self.divisor,
+                "min_value": self.min_value, "min_ratio": self.min_ratio}
+
+
 class ChannelUnit:
     """One width shared by a set of layer outputs (see module docstring)."""
 
@@ -117,7 +167,8 @@ def budget_loss(flops_mflops, target_mflops, loss_type="log_l1"):
 class Mutator:
     """The units of one model and the operations across them."""
 
-    def __init__(self, model, pruning_cfg=(0.1, 1.0, 0.05), prob_type="exp"):
+    def __init__(self, model, pruning_cfg=(0.1, 1.0, 0.05), prob_type="exp", rounding=None):
+        self.rounding = rounding or Rounding()
         if prob_type not in PROB_TYPES:
             raise UserError(f"prob_type '{prob_type}' is not one of {sorted(PROB_TYPES)}")
         if not isinstance(pruning_cfg, (list, tuple)) or len(pruning_cfg) != 3:
@@ -162,7 +213,7 @@ class Mutator:
             self.apply_choices(choices)
             return
         for u in self.units:
-            u.set_width(self._pick(u, mode, rng))
+            u.set_width(self.rounding(self._pick(u, mode, rng), u.num_channels))
 
     def _pick(self, u, mode, rng):
         if mode == "max" or not u.ngroups:
@@ -240,8 +291,7 @@ class Mutator:
     def export_subnet(self, demo_input=(1, 3, 224, 224)):
         units = {}
         for u in self.units:
-            units[u.key] = {"init_args": {"num_channels": u.num_channels, "choice_mode": "number",
-                                          "divisor": 1, "min_value": 1, "min_ratio": 0.5},
+            units[u.key] = {"init_args": self.rounding.init_args(u.num_channels),
                             "choice": int(u.width)}
         return {"type": "DMCPChannelMutator",
                 "channel_unit_cfg": {"type": "DMCPChannelUnit",
@@ -264,7 +314,7 @@ class Mutator:
             if not 1 <= width <= u.num_channels:
                 raise UserError(f"{source}: unit '{key}' choice {width} is outside 1..{u.num_channels}")
             seen.add(u.name)
-            u.set_width(int(width))
+            u.set_width(self.rounding(width, u.num_channels))
         missing = [u.name for u in self.units if u.name not in seen]
         for name in missing:
             by_name[name].set_width(by_name[name].num_channels)
@@ -312,6 +362,13 @@ def load_subnet(fix_subnet):
             n = init.get("num_channels")
             if n is not None:
                 declared[key] = n
+            if init.get("divisor", 1) != 1 and isinstance(entry["choice"], (int, np.integer)):
+                # mmrazor rounds a unit's choice when it is set: so does loading it
+                where = f"{source}: unit '{key}' init_args"
+                rounding = Rounding(init["divisor"], init.get("min_value"),
+                                    init.get("min_ratio", 0.5), where)
+                limit = n if isinstance(n, (int, np.integer)) else entry["choice"]
+                choices[key] = rounding(entry["choice"], max(limit, entry["choice"]))
         else:
             choices[key] = entry
     return choices, declared, source
@@ -325,7 +382,8 @@ def apply_subnet(mutator, fix_subnet):
     for key, n in declared.items():
         u = by_key.get(key) or by_name.get(key.split("_(0, ")[0])
         if u is not None and n != u.num_channels:
-            raise UserError(f"{source}: unit '{key}' declares num_channels {n} but the model's unit "
-                            f"has {u.num_channels}")
+            raise UserError(f"{source}: unit '{key}' declares num_channels {n!r}, " + (
+                f"but the model's unit has {u.num_channels}" if isinstance(n, int)
+                and not isinstance(n, bool) else f"a {type(n).__name__}, not an integer"))
     mutator.apply_choices(choices, source)
     return mutator.widths()

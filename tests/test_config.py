@@ -446,3 +446,126 @@ def test_error_bad_base_declarations(tmp_path):
     write(tmp_path, "y.py", "_base_ = 'x.py'\n")
     with pytest.raises(ConfigError, match="circular _base_"):
         Config.fromfile(tmp_path / "x.py")
+
+
+# ---------------------------------------------------------------------------
+# user mistakes: a config that exits, misspelt option keys, unknown model keys
+# ---------------------------------------------------------------------------
+
+def test_py_config_that_exits_or_raises_is_a_config_error(tmp_path):
+    path = write(tmp_path, "exits.py", "import sys\na = 1\nsys.exit(0)\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:3: the config exited \(sys\.exit\(0\)\) "
+                                          rf"while being read$"):
+        Config.fromfile(path)
+    write(tmp_path, "base.py", "raise SystemExit('bye')\n")
+    child = write(tmp_path, "child.py", "_base_ = 'base.py'\n")
+    with pytest.raises(ConfigError, match=r"base\.py:1: the config exited \(sys\.exit\('bye'\)\)"):
+        Config.fromfile(child)
+    raises = write(tmp_path, "raises.py", "a = 1\n\nraise ValueError('no data here')\n")
+    with pytest.raises(ConfigError, match=rf"^{raises}:3: ValueError: no data here$"):
+        Config.fromfile(raises)
+
+
+@pytest.mark.parametrize("name, code", [("exits.py", "import sys\nsys.exit(0)\n"),
+                                        ("raises.py", "x = {}['missing']\n")])
+def test_get_flops_on_a_config_that_exits_fails_with_one_line(tmp_path, name, code):
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = write(tmp_path, name, code)
+    r = subprocess.run([sys.executable, os.path.join(repo, "tools", "get_flops.py"), str(path)],
+                       capture_output=True, text=True, timeout=120, cwd=repo)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith(f"error: {path}:") and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_cfg_options_refuse_an_unknown_top_level_key(tmp_path):
+    from dmcp.cli import load_config
+    from dmcp.config import RUNTIME_KEYS
+    path = write(tmp_path, "cfg.py", """
+        my_epochs = 3
+        train_cfg = dict(by_epoch=True, max_epochs=my_epochs)
+    """)
+    with pytest.raises(ConfigError, match=r"^--cfg-options trian_cfg\.max_epochs: 'trian_cfg' is "
+                                          r"neither a key of the config nor one the runner reads "
+                                          r"\(did you mean 'train_cfg'\?\)$"):
+        load_config(path, ["trian_cfg.max_epochs=1"])
+    # the config's own variables, keys the runner reads and new keys below known ones pass
+    cfg = load_config(path, ["my_epochs=1", "load_from=w.npz", "val_cfg.x=1",
+                             "train_cfg.val_interval=2", "default_hooks.logger.interval=1"])
+    assert cfg.my_epochs == 1 and cfg.load_from == "w.npz" and cfg.train_cfg.val_interval == 2
+    assert {"model", "train_cfg", "optim_wrapper", "load_from", "resume", "work_dir",
+            "default_scope", "visualizer"} <= RUNTIME_KEYS
+
+
+def test_check_keys_lists_the_accepted_keys_with_a_did_you_mean():
+    from dmcp.config import check_keys
+    from dmcp.units import UserError
+    check_keys("X", {"a": 1}, ("a", "b"))
+    with pytest.raises(UserError, match=r"^X: unknown key 'depht' \(did you mean 'depth'\?\); "
+                                        r"accepted keys: depth, width$"):
+        check_keys("X", {"depht": 1}, ("width", "depth"))
+    with pytest.raises(UserError, match=r"^X: unknown keys 'q', 'widht' \(did you mean 'width'\?\); "
+                                        r"accepted keys: depth, width$"):
+        check_keys("X", {"q": 1, "widht": 2}, ("width", "depth"))
+    with pytest.raises(UserError, match=r"accepted keys: none$"):
+        check_keys("X", {"q": 1}, ())
+
+
+DMCP_MODEL = dict(
+    type="DMCP",
+    architecture=dict(type="ImageClassifier", backbone=dict(type="ResNet_CIFAR", depth=8,
+                                                            in_channels=1),
+                      head=dict(type="LinearClsHead", num_classes=3)),
+    mutator_cfg=dict(parse_cfg=dict(demo_input=(1, 1, 8, 8))),
+    target_flops=0.1)
+
+
+def test_dmcp_key_errors_list_its_real_keys():
+    from dmcp.algorithm import build_algorithm_model
+    from dmcp.units import UserError
+    with pytest.raises(UserError, match=r"^model \(DMCP\): unknown key 'arch_strat_train' \(did you "
+                                        r"mean 'arch_start_train'\?\); accepted keys: .*"
+                                        r"arch_start_train.*distiller.*target_flops") as info:
+        build_algorithm_model(dict(DMCP_MODEL, arch_strat_train=3))
+    assert "seed" not in str(info.value).split("accepted keys:")[1].split(", ")
+
+
+def test_dmcp_distiller_must_be_what_dmcp_implements():
+    from dmcp.algorithm import build_algorithm_model
+    from dmcp.units import UserError
+    shipped = dict(type="ConfigurableDistiller",
+                   distill_losses=dict(loss_kl=dict(type="KLDivergence", tau=2, loss_weight=0.5)),
+                   loss_forward_mappings=dict(loss_kl=dict(
+                       preds_S=dict(recorder="fc", from_student=True),
+                       preds_T=dict(recorder="fc", from_student=False))))
+    model = build_algorithm_model(dict(DMCP_MODEL, distiller=shipped))
+    assert (model.tau, model.kd.tau, model.kd.loss_weight) == (2.0, 2.0, 0.5)
+    for distiller, message in [
+            (dict(type="mmrazor.SelfDistiller"), r"type 'SelfDistiller' is not supported"),
+            (dict(shipped, distill_losses=dict(l=dict(type="MSELoss"))),
+             r"distill_losses\.l: loss type 'MSELoss' is not supported \(KLDivergence\)"),
+            (dict(shipped, distill_losses=dict(loss_kl=dict(type="KLDivergence", tua=1))),
+             r"unknown key 'tua' \(did you mean 'tau'\?\)"),
+            (dict(shipped, distill_losses={}), r"exactly one loss"),
+            (dict(shipped, loss_forward_mappings=dict(loss_kl=dict(
+                preds_S=dict(recorder="neck", from_student=True)))), r"recorder 'neck'"),
+            (dict(shipped, connectors={}), r"unknown key 'connectors'")]:
+        with pytest.raises(UserError, match=r"^model\.distiller.*" + message):
+            build_algorithm_model(dict(DMCP_MODEL, distiller=distiller))
+
+
+def test_a_string_num_channels_is_named_as_a_string(tmp_path):
+    from dmcp.algorithm import build_classifier, build_pruned
+    from dmcp.units import Mutator, UserError, apply_subnet
+    arch = DMCP_MODEL["architecture"]
+    fix = {"backbone.conv1_(0, 16)_16": {"init_args": {"num_channels": "16"}, "choice": 8}}
+    message = r"unit 'backbone\.conv1_\(0, 16\)_16' declares num_channels '16', a str, not an integer$"
+    with pytest.raises(UserError, match=message):
+        build_pruned(arch, fix)
+    with pytest.raises(UserError, match=message):
+        apply_subnet(Mutator(build_classifier(arch)), fix)
+    fix["backbone.conv1_(0, 16)_16"]["init_args"]["num_channels"] = 32
+    with pytest.raises(UserError, match=r"declares num_channels 32, but the model's unit has 16$"):
+        build_pruned(arch, fix)

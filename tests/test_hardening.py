@@ -2,6 +2,7 @@
 gets a clear exception.  The C-boundary cases run in a subprocess, so a regression
 shows as a failed test instead of a dead test runner."""
 import collections
+import json
 import os
 import pickle
 import subprocess
@@ -181,3 +182,137 @@ def test_fix_subnet_paths_that_are_not_json_text(tmp_path):
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(UserError, match="nested too deeply"):
         load_subnet(str(tmp_path / "deep.json"))
+
+
+# ---------------------------------------------------------------- --resume and load_from
+
+def tiny_cfg(optimizer=None, **top):
+    """A plain ResNet-8 on four synthetic 8x8 images: one epoch is two iterations."""
+    ds = dict(type="SyntheticDataset", num_samples=4, num_classes=3, image_shape=(1, 8, 8))
+    return dmcp.Config(dict(
+        model=dict(type="ImageClassifier",
+                   backbone=dict(type="ResNet_CIFAR", depth=8, in_channels=1),
+                   head=dict(type="LinearClsHead", num_classes=3, topk=(1,))),
+        train_dataloader=dict(batch_size=2, num_workers=0, dataset=ds,
+                              sampler=dict(type="DefaultSampler", shuffle=True)),
+        optim_wrapper=dict(optimizer=optimizer or dict(type="SGD", lr=0.1, momentum=0.9)),
+        train_cfg=dict(by_epoch=True, max_epochs=1),
+        default_hooks=dict(logger=dict(interval=1)), **top))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(work dir, epoch_1.npz entries) of one epoch of tiny_cfg."""
+    from dmcp.runner import Runner
+    wd = str(tmp_path_factory.mktemp("trained"))
+    Runner(tiny_cfg(), work_dir=wd).train()
+    with np.load(os.path.join(wd, "epoch_1.npz")) as z:
+        return wd, {k: z[k] for k in z.files}
+
+
+def rewrite(tmp_path, files, name="ckpt.npz", **change):
+    """The checkpoint with entries replaced (None drops one)."""
+    files = dict(files)
+    for k, v in change.items():
+        k = k.replace("__", "/")
+        if v is None:
+            files.pop(k)
+        else:
+            files[k] = v
+    path = str(tmp_path / name)
+    np.savez(path, **files)
+    return path
+
+
+def meta_bytes(meta):
+    return np.frombuffer(meta if isinstance(meta, bytes) else json.dumps(meta).encode(), np.uint8)
+
+
+def resume(cfg, path, tmp_path):
+    from dmcp.runner import Runner
+    return Runner(cfg, work_dir=str(tmp_path / "wd"), resume=path)
+
+
+GOOD_META = dict(epoch=1, iter=2, rng=np.random.default_rng(0).bit_generator.state)
+
+
+@pytest.mark.parametrize("meta, message", [
+    (b"\xff\xfe\x00", r"entry 'meta' is not UTF-8 text"),
+    (b"{epoch: 1", r"entry 'meta' is not JSON"),
+    (b"[1, 2]", r"entry 'meta' is not a JSON object"),
+    (dict(GOOD_META, epoch=None), r"entry 'meta': epoch=None is not a non-negative integer"),
+    ({k: v for k, v in GOOD_META.items() if k != "iter"}, r"entry 'meta': no 'iter'"),
+    (dict(GOOD_META, iter="2"), r"entry 'meta': iter='2' is not a non-negative integer"),
+    (dict(GOOD_META, rng=dict(bit_generator="MT19937")), r"entry 'meta': 'rng' is not a PCG64 state"),
+    (dict(GOOD_META, rng=None), r"entry 'meta': 'rng' is not a PCG64 state"),
+    (dict(GOOD_META, iter=7), r"entry 'meta': epoch 1 / iteration 7 do not fit this config's 2 iterations"),
+])
+def test_resume_with_a_bad_meta_names_the_file_and_the_entry(trained, tmp_path, meta, message):
+    path = rewrite(tmp_path, trained[1], meta=meta_bytes(meta))
+    with pytest.raises(UserError, match=rf"^--resume: '{path}': {message}") as info:
+        resume(tiny_cfg(), path, tmp_path)
+    assert "\n" not in str(info.value)
+    resume(tiny_cfg(), rewrite(tmp_path, trained[1], "ok.npz", meta=meta_bytes(GOOD_META)),
+           tmp_path)
+
+
+def test_resume_without_optimizer_state_points_to_load_from(trained, tmp_path):
+    no_opt = {k: v for k, v in trained[1].items() if not k.startswith("optimizer/")}
+    path = rewrite(tmp_path, no_opt)
+    with pytest.raises(UserError, match=rf"'{path}' has no optimizer state; to start from its "
+                                        rf"weights .* use --cfg-options load_from={path}"):
+        resume(tiny_cfg(), path, tmp_path)
+    # without momentum SGD keeps no state: nothing is missing
+    resume(tiny_cfg(dict(type="SGD", lr=0.1)), path, tmp_path)
+    slim = rewrite(tmp_path, trained[1], "slim.npz", meta=None)
+    with pytest.raises(UserError, match=r"not a dmcp training checkpoint \(no 'meta' entry\); "
+                                        r".*load_from="):
+        resume(tiny_cfg(), slim, tmp_path)
+    pth = write_pth(tmp_path / "w.pth", 0, (4,), (1,))
+    with pytest.raises(UserError, match=r"w\.pth' is not a dmcp training checkpoint .*load_from="):
+        resume(tiny_cfg(), str(pth), tmp_path)
+
+
+@pytest.mark.parametrize("optimizer, change, message", [
+    (dict(type="Adam", lr=0.1), {}, r"entry 'backbone\.conv1\.weight\.momentum_buffer' is SGD "
+                                    r"state, but the config's optimizer is Adam"),
+    (None, {"optimizer__backbone.conv1.weight.momentum_buffer": np.zeros((2, 2), np.float32)},
+     r"entry 'backbone\.conv1\.weight\.momentum_buffer' has shape \(2, 2\)"),
+    (None, {"optimizer__backbone.conv9.weight.momentum_buffer": np.zeros(3, np.float32)},
+     r"entry 'backbone\.conv9\.weight\.momentum_buffer' names no parameter .*did you mean "
+     r"'backbone\.conv1\.weight'"),
+    (None, {"optimizer__head.fc.bias.momentum_buffer": None}, r"no state for 1 entry "
+                                                               r"\(head\.fc\.bias\)"),
+])
+def test_resume_with_mismatched_optimizer_state(trained, tmp_path, optimizer, change, message):
+    path = rewrite(tmp_path, trained[1], **change)
+    with pytest.raises(UserError, match=rf"'{path}' optimizer: {message}"):
+        resume(tiny_cfg(optimizer), path, tmp_path)
+
+
+def test_load_from_starts_from_the_weights_at_epoch_0(trained, tmp_path):
+    from dmcp.runner import Runner
+    wd, files = trained
+    ckpt = os.path.join(wd, "epoch_1.npz")
+    runner = Runner(tiny_cfg(load_from=ckpt), work_dir=str(tmp_path / "a"))
+    assert (runner.epoch, runner.iter) == (0, 0) and not runner.optimizer.state
+    for k, v in runner.model.state_dict().items():
+        assert np.array_equal(v, files[f"state_dict/{k}"]), k
+    # mmengine: resume=True continues load_from
+    runner = Runner(tiny_cfg(load_from=ckpt, resume=True), work_dir=str(tmp_path / "b"))
+    assert (runner.epoch, runner.iter) == (1, 2) and runner.optimizer.state
+    with pytest.raises(UserError, match=r"load_from: checkpoint '.*nowhere\.npz' does not exist"):
+        Runner(tiny_cfg(load_from=str(tmp_path / "nowhere.npz")), work_dir=str(tmp_path / "c"))
+    with pytest.raises(UserError, match=r"resume='yes': must be True or False"):
+        Runner(tiny_cfg(resume="yes"), work_dir=str(tmp_path / "c"))
+
+
+def test_train_tool_prints_a_bad_resume_as_one_line(trained, tmp_path):
+    cfg = tmp_path / "tiny.py"
+    tiny_cfg().dump(str(cfg))
+    path = rewrite(tmp_path, trained[1], meta=meta_bytes(b"\xff"))
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train.py"), str(cfg),
+                        "--work-dir", str(tmp_path / "wd"), "--resume", path],
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip() == f"error: --resume: '{path}': entry 'meta' is not UTF-8 text"

@@ -717,3 +717,137 @@ def test_min_subnet_and_back_to_max(close):
           rtol=1e-4, atol=1e-6)
     mut.set_widths("max")
     np.testing.assert_array_equal(model(x), full)
+
+
+# ---------------------------------------------------------------------------
+# frozen_stages / norm_eval: one SGD step against mmcls's semantics in PyTorch
+# ---------------------------------------------------------------------------
+
+def mmcls_train(ref, arch, frozen_stages, norm_eval):
+    """mmcls ResNet/MobileNetV2 ``train()`` on the reference: _freeze_stages (the stem's
+    and stages 1..k's parameters stop; the stages and ResNet's stem BN go to eval mode;
+    MobileNetV2's stem BN keeps training), then norm_eval puts every BN in eval mode."""
+    bb = ref.backbone
+    ref.train()
+    nstages = 7 if arch == "mbv2" else bb.nstages
+    stem = [bb.conv1] if arch == "mbv2" else [bb.conv1, bb.bn1]
+    if frozen_stages >= 0:
+        if arch != "mbv2":
+            bb.bn1.eval()
+        for m in stem:
+            for p in m.parameters():
+                p.requires_grad = False
+    for i in range(1, min(frozen_stages, nstages) + 1):
+        layer = getattr(bb, f"layer{i}")
+        layer.eval()
+        for p in layer.parameters():
+            p.requires_grad = False
+    if norm_eval:
+        for m in bb.modules():
+            if isinstance(m, tnn.BatchNorm2d):
+                m.eval()
+
+
+@pytest.mark.parametrize("arch, frozen_stages, norm_eval", [
+    ("cifar20", 1, False), ("cifar20", 0, False), ("cifar20", -1, True),
+    ("cifar20", 3, True), ("mbv2", 1, False), ("mbv2", -1, True)])
+def test_frozen_stages_and_norm_eval_follow_mmcls(arch, frozen_stages, norm_eval, close):
+    cfg = classifier_cfg(arch)
+    cfg["backbone"].update(frozen_stages=frozen_stages, norm_eval=norm_eval)
+    model = dmcp.build_model(cfg, seed=0)
+    randomize(model, np.random.default_rng(7))
+    ref = RefClassifier(arch, NUM_CLASSES[arch], IN_CHANNELS[arch])
+    copy_to_ref(model, ref)
+    before = {k: np.array(v) for k, v in model.state_dict().items()}
+    model.eval()
+    model.train()           # the switch must keep the frozen parts in eval mode
+    mmcls_train(ref, arch, frozen_stages, norm_eval)
+    for name, m in ref.named_modules():
+        if isinstance(m, tnn.BatchNorm2d):
+            assert dict(model.named_modules())[name].training == m.training, name
+
+    rng = np.random.default_rng(11)
+    s = SIZES[arch]
+    x = rng.normal(0.0, 1.0, (2, IN_CHANNELS[arch], s, s)).astype(np.float32)
+    dl = rng.normal(0.0, 1.0, (2, NUM_CLASSES[arch])).astype(np.float32)
+    model.zero_grad()
+    got, want = ref_forward(model, x, ref)
+    model.backward(dl)
+    (want * torch.from_numpy(dl.astype(np.float64))).sum().backward()
+    # weight decay and momentum would move a frozen parameter if the optimiser stepped it
+    dmcp.nn.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01).step()
+    torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01).step()
+
+    fam = f"{arch} frozen_stages={frozen_stages} norm_eval={norm_eval}"
+    close(got, want.detach().numpy(), f"{fam} logits", rtol=TRAIN_RTOL, atol=1e-6)
+    after = model.state_dict()
+    steps = {}          # layer -> (dmcp's, the reference's) update, a BN's weight and bias together
+    for name, p in ref.named_parameters():
+        if p.requires_grad:
+            mine, theirs = steps.setdefault(name.rpartition(".")[0], ([], []))
+            mine.append((after[name] - before[name]).ravel())
+            theirs.append((p.detach().numpy() - before[name]).ravel())
+        else:
+            assert np.array_equal(after[name], before[name]), f"frozen {name} changed"
+    for mine, theirs in steps.values():
+        close(np.concatenate(mine), np.concatenate(theirs), f"{fam} updates", rtol=TRAIN_RTOL,
+              atol=1e-7)
+    for name, m in ref.named_modules():
+        if isinstance(m, tnn.BatchNorm2d) and not m.training:
+            for b in ("running_mean", "running_var", "num_batches_tracked"):
+                assert np.array_equal(after[f"{name}.{b}"], before[f"{name}.{b}"]), f"{name}.{b}"
+    check_running_stats(close, fam, model, ref)
+
+
+def test_backbone_key_errors_name_the_type_and_the_accepted_keys():
+    cfg = classifier_cfg("cifar20")
+    cfg["backbone"]["deph"] = 20
+    with pytest.raises(dmcp.UserError, match=r"^backbone \(ResNet_CIFAR\): unknown key 'deph' "
+                                             r"\(did you mean 'depth'\?\); accepted keys: .*depth.*"
+                                             r"frozen_stages") as info:
+        dmcp.build_model(cfg)
+    assert "rng" not in str(info.value) and "small_input" not in str(info.value)
+    cfg = classifier_cfg("mbv2")
+    cfg["backbone"]["frozen_stage"] = 1
+    with pytest.raises(dmcp.UserError, match=r"MobileNetV2\): unknown key 'frozen_stage' \(did you "
+                                             r"mean 'frozen_stages'\?\)"):
+        dmcp.build_model(cfg)
+    for bad in (5, "1", True):
+        cfg = classifier_cfg("cifar20")
+        cfg["backbone"]["frozen_stages"] = bad
+        with pytest.raises(dmcp.UserError, match=r"frozen_stages=.*-1\.\.3"):
+            dmcp.build_model(cfg)
+
+
+def test_dmcp_steps_keep_frozen_stages_frozen():
+    """The architecture step switches weight gradients off and on again: a frozen
+    stage must stay frozen, and the weight step must leave it alone."""
+    from dmcp.algorithm import dmcp_train_step
+    from dmcp.dist import SingleProcess
+    arch = classifier_cfg("cifar20")
+    arch["backbone"].update(frozen_stages=1)
+    model = dmcp.build_model(dict(type="DMCP", architecture=arch, arch_start_train=0,
+                                  arch_train_freq=1, target_flops=1.0,
+                                  mutator_cfg=dict(parse_cfg=dict(demo_input=(1, 1, 28, 28)))))
+    model.input_shape = (1, 28, 28)
+    frozen = {n for n, p in model.architecture.named_parameters() if not p.requires_grad}
+    assert "backbone.conv1.weight" in frozen and "backbone.layer1.0.conv1.weight" in frozen
+    assert not any(n.startswith("backbone.layer2") for n in frozen)
+    before = {n: np.array(v) for n, v in model.state_dict().items()}
+    params = [p for _, p in model.architecture.named_parameters()]
+    opt = dmcp.nn.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.01)
+    arch_opt = dmcp.nn.Adam(model.mutator.arch_parameters(), lr=0.5)
+    x = np.random.default_rng(0).normal(size=(4, 1, 28, 28)).astype(np.float32)
+    model.train()
+    for it in range(2):
+        stats = dmcp_train_step(model, opt, arch_opt, x, np.array([0, 1, 2, 3]), it,
+                                np.random.default_rng(it), SingleProcess())
+        assert "arch_loss" in stats
+        assert {n for n, p in model.architecture.named_parameters() if not p.requires_grad} == frozen
+    after = model.state_dict()
+    for n in frozen:
+        assert np.array_equal(after[n], before[n]), n
+    assert not np.array_equal(after["backbone.layer2.0.conv1.weight"],
+                              before["backbone.layer2.0.conv1.weight"])
+    bn = dict(model.architecture.named_modules())["backbone.layer1.0.bn1"]
+    assert not bn.training and np.array_equal(bn.running_mean, before["backbone.layer1.0.bn1.running_mean"])

@@ -3,6 +3,7 @@ with every work-dir artefact, retraining of the sampled subnet, evaluation,
 bit-for-bit resume, and clear user errors from the tools."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -168,11 +169,33 @@ def test_subnet_retrain_and_test(searched, tmp_path):
     r = tool("tools/test.py", SUBNET, os.path.join(sub, "epoch_1.npz"), "--work-dir", str(tmp_path / "t"),
              "--cfg-options", *opts)
     assert "accuracy/top1" in r.stdout + r.stderr
+    # exported to a slim .npz, the subnet config and test.py give the same accuracy, with
+    # the structure taken from the file itself
+    slim = str(tmp_path / "slim.npz")
+    tool("tools/export.py", SUBNET, os.path.join(sub, "epoch_1.npz"), "--out", slim,
+         "--cfg-options", f"model.fix_subnet={fix}")
+    r2 = tool("tools/test.py", SUBNET, slim, "--work-dir", str(tmp_path / "t2"), "--cfg-options",
+              *[o for o in opts if not o.startswith("model.fix_subnet")])
+    acc = [re.search(r"accuracy/top1: ([0-9.]+)", x.stdout + x.stderr).group(1) for x in (r, r2)]
+    assert acc[0] == acc[1], acc
     # the pruned net has the FLOPs of the JSON
     pruned = json.loads(tool("tools/get_flops.py", SUBNET, "--json", "--cfg-options",
                              f"model.fix_subnet={fix}").stdout)["flops"]
     applied = json.loads(tool("tools/get_flops.py", SUPERNET, "--subnet", fix, "--json").stdout)["flops"]
     assert pruned == applied
+
+
+def test_pipeline_tool_ends_with_a_table_and_an_onnx_model(tmp_path):
+    wd = str(tmp_path / "pipe")
+    sub = ["train_dataloader.dataset.indices=192", "train_cfg.max_epochs=1"]
+    r = tool("tools/pipeline.py", "--work-dir", wd, "--cfg-options",
+             "train_dataloader.batch_size=32", "val_dataloader.dataset.indices=128",
+             "default_hooks.logger.interval=2",
+             "--supernet-options", *SHORT[:1], *SHORT[4:], "--subnet-options", *sub)
+    table = json.load(open(os.path.join(wd, "result.json")))
+    assert table["onnx"] == os.path.join(wd, "pruned.onnx") and os.path.getsize(table["onnx"]) > 0
+    assert "pruned model (ONNX)" in r.stdout and "MB)" in r.stdout
+    assert 0 < table["pruned_mflops"] < table["supernet_mflops"]
 
 
 def _short_cfg(extra=()):

@@ -22,8 +22,8 @@ $SUDO apt-get install -y -qq --no-install-recommends $PKGS >/dev/null
 . .venv/bin/activate
 python -m pip install -q --upgrade pip setuptools wheel
 case "$MODE" in
-    --dist) python -m pip install -q -e '.[dist]' ;;
+    --dist) python -m pip install -q -e '.[dist,export]' ;;
     --test) python -m pip install -q -e '.[test]' ;;
-    *) python -m pip install -q -e . ;;
+    *) python -m pip install -q -e '.[export]' ;;
 esac
 python -c "import dmcp, dmcp._C; print('dmcp', dmcp.__version__, 'ready in .venv')"
