@@ -13,10 +13,12 @@ Engines, each (engine, net) in its own process with the same threads:
   dmcp          the slim ImageClassifier, eval mode (BN + activation in one pass)
   onnxruntime   the exported .onnx (BN folded), CPUExecutionProvider,
                 intra-op threads = --threads, sequential execution
-  PyTorch       the same folded graph run as torch.nn.functional calls under
-                inference_mode (conv+BN folded: a stronger rival than an
-                unfused eval model); never imports dmcp, gets dmcp's malloc
-                settings through GLIBC_TUNABLES
+  torch         the net as an eval-mode PyTorch model runs it (conv, BN,
+                activation as torch.nn.functional calls under inference_mode);
+                never imports dmcp, gets dmcp's malloc settings through
+                GLIBC_TUNABLES
+  torch_folded  the same with BN folded into the convs (the exported graph):
+                a stronger rival than what model.eval() gives
 Reported: batch-1 latency (median ms) and batch-32 throughput (images/s), and
 per engine the pruned net's speed-up over the full net against its FLOPs ratio.
 
@@ -43,7 +45,7 @@ NETS = {  # name -> (backbone, target MFLOPs of the pruned structure)
     "mbv2": (dict(type="MobileNetV2", widen_factor=1.0), 210.0),
 }
 SHAPE = (3, 224, 224)
-ENGINES = ("dmcp", "onnxruntime", "torch")
+ENGINES = ("dmcp", "onnxruntime", "torch", "torch_folded")
 
 
 # ---------------------------------------------------------------- preparing the nets
@@ -104,6 +106,8 @@ def prepare(net, folder):
             json.dump(w, f)
         with open(base + ".onnx", "wb") as f:
             f.write(to_onnx(model, SHAPE).SerializeToString())
+        with open(base + "_bn.onnx", "wb") as f:       # BN kept: the PyTorch eval-mode model
+            f.write(to_onnx(model, SHAPE, fold_bn=False).SerializeToString())
         out[name] = count_flops(model, SHAPE)["flops"] / 1e6
     return out
 
@@ -129,6 +133,8 @@ def _torch_runner(path):
                 p = at["pads"]
                 env[out] = F.conv2d(a[0], a[1], a[2], at["strides"], (p[0], p[1]),
                                     at["dilations"], at["group"])
+            elif op == "BatchNormalization":
+                env[out] = F.batch_norm(a[0], a[3], a[4], a[1], a[2], False, 0.0, at["epsilon"])
             elif op == "Relu":
                 env[out] = F.relu(a[0])
             elif op == "Clip":
@@ -174,7 +180,7 @@ def worker(engine, base, reps, threads):
     else:
         import torch
         torch.set_num_threads(threads)
-        run = _torch_runner(base + ".onnx")
+        run = _torch_runner(base + (".onnx" if engine == "torch_folded" else "_bn.onnx"))
 
         def fwd(x):
             with torch.inference_mode():
@@ -194,7 +200,7 @@ def worker(engine, base, reps, threads):
 
 def run_worker(engine, base, args):
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    if engine == "torch" and os.environ.get("DMCP_KEEP_FREED_MEMORY", "1") != "0":
+    if engine.startswith("torch") and os.environ.get("DMCP_KEEP_FREED_MEMORY", "1") != "0":
         env = tunables_env(env, keep_freed=True)
     r = subprocess.run([sys.executable, __file__, "--worker", engine, base, "--reps",
                         str(args.reps), "--threads", str(args.threads)], env=env,
@@ -243,7 +249,7 @@ def main():
                     rows.append((net, variant, mf, engine, r["b1"] * 1e3, 32 / r["b32"],
                                  flops["full"] / mf, full["b32"] / r["b32"], full["b1"] / r["b1"],
                                  err))
-    print(f"\n| net | structure | MFLOPs | engine | b1 latency ms | b32 img/s | FLOPs ratio | "
+    print("\n| net | structure | MFLOPs | engine | b1 latency ms | b32 img/s | FLOPs ratio | "
           f"b32 speed-up | b1 speed-up | speed-up / FLOPs ratio (b32) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for net, variant, mf, engine, lat, thr, fr, s32, s1, err in rows:
@@ -251,14 +257,16 @@ def main():
         print(f"| {net} | {variant} | {mf:.1f} | {engine} | {lat:.1f} | {thr:.1f} | {fr:.2f}x | "
               f"{s32:.2f}x | {s1:.2f}x | {eff} |")
         assert err < 1e-3, f"{engine} {net} {variant}: logits differ from dmcp's by {err:.2e}"
-    print("\n| net | structure | dmcp / PyTorch b32 | dmcp / PyTorch b1 | dmcp / onnxruntime b32 |")
-    print("|---|---|---|---|---|")
+    print("\n| net | structure | dmcp / PyTorch b32 | dmcp / PyTorch b1 | dmcp / PyTorch folded b32 "
+          "| dmcp / PyTorch folded b1 | dmcp / onnxruntime b32 | dmcp / onnxruntime b1 |")
+    print("|---|---|---|---|---|---|---|---|")
     by = {(r[0], r[1], r[3]): r for r in rows}
     for net in args.nets:
         for variant in ("full", "pruned", "pruned_div8"):
-            d, t, o = (by[(net, variant, e)] for e in ENGINES)
+            d, o, t, tf = (by[(net, variant, e)] for e in ENGINES)
             print(f"| {net} | {variant} | {d[5] / t[5]:.2f}x | {t[4] / d[4]:.2f}x | "
-                  f"{d[5] / o[5]:.2f}x |")
+                  f"{d[5] / tf[5]:.2f}x | {tf[4] / d[4]:.2f}x | {d[5] / o[5]:.2f}x | "
+                  f"{o[4] / d[4]:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -73,8 +73,8 @@ def _contiguous(a):
 class _Graph:
     """Nodes and initialisers of an ONNX graph under construction."""
 
-    def __init__(self, onnx):
-        self.onnx, self.helper = onnx, onnx.helper
+    def __init__(self, onnx, fold_bn=True):
+        self.onnx, self.helper, self.fold_bn = onnx, onnx.helper, fold_bn
         self.nodes, self.inits, self.count = [], [], 0
 
     def const(self, hint, array):
@@ -98,20 +98,31 @@ class _Graph:
                                   self.const("clip_max", np.float32(cap))])
 
     def conv_bn(self, conv, bn, cap, x):
-        """A conv with the eval-mode BN after it folded in, then the activation."""
+        """A conv with the eval-mode BN after it folded in (or, with ``fold_bn`` off,
+        a BatchNormalization node after it), then the activation."""
+        if not self.fold_bn:
+            y = self.conv(conv, x, conv.weight.data, None if conv.bias is None else conv.bias.data)
+            y = self.node("BatchNormalization", [y] + [self.const(n, v) for n, v in (
+                ("bn_scale", bn.weight.data), ("bn_bias", bn.bias.data),
+                ("bn_mean", bn.running_mean), ("bn_var", bn.running_var))], epsilon=bn.eps)
+            return self.act(y, cap)
         w = conv.weight.data.astype(np.float64)
         scale = bn.weight.data / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
         bias = bn.bias.data - bn.running_mean * scale
         if conv.bias is not None:
             bias = bias + conv.bias.data * scale
+        y = self.conv(conv, x, (w * scale[:, None, None, None]).astype(np.float32),
+                      bias.astype(np.float32))
+        return self.act(y, cap)
+
+    def conv(self, conv, x, weight, bias):
         groups = conv.in_channels if conv.depthwise else conv.groups
         (ph, pw), (sh, sw), (dh, dw) = conv.padding, conv.stride, conv.dilation
-        y = self.node("Conv", [x, self.const("weight", (w * scale[:, None, None, None])
-                                             .astype(np.float32)),
-                               self.const("bias", bias.astype(np.float32))],
-                      kernel_shape=list(conv.kernel_size), strides=[sh, sw],
-                      pads=[ph, pw, ph, pw], dilations=[dh, dw], group=groups)
-        return self.act(y, cap)
+        inputs = [x, self.const("weight", weight)]
+        if bias is not None:
+            inputs.append(self.const("bias", bias))
+        return self.node("Conv", inputs, kernel_shape=list(conv.kernel_size), strides=[sh, sw],
+                         pads=[ph, pw, ph, pw], dilations=[dh, dw], group=groups)
 
 
 def _emit_ops(g, ops, x):
@@ -168,10 +179,12 @@ def import_onnx():
     return onnx
 
 
-def to_onnx(model, input_shape, opset=DEFAULT_OPSET, metadata=None):
-    """An onnx.ModelProto of an eval-mode ImageClassifier for (N, *input_shape) inputs."""
+def to_onnx(model, input_shape, opset=DEFAULT_OPSET, metadata=None, fold_bn=True):
+    """An onnx.ModelProto of an eval-mode ImageClassifier for (N, *input_shape) inputs;
+    ``fold_bn=False`` keeps BN as BatchNormalization nodes (what an eval-mode
+    PyTorch model runs)."""
     onnx = import_onnx()
-    g = _Graph(onnx)
+    g = _Graph(onnx, fold_bn)
     out = _emit_ops(g, model._ops, "input")
     g.nodes[-1].output[0] = "logits"
     h = onnx.helper

@@ -117,6 +117,13 @@ def test_onnx_matches_dmcp_eval(exported):
         got = sess.run(["logits"], {"input": exported["x"][:n]})[0]
         err = np.abs(got - ref[:n]).max() / np.abs(ref[:n]).max()
         assert err <= 1e-4, err
+    # with BN kept as BatchNormalization nodes (what an eval-mode PyTorch net runs)
+    from dmcp.export import to_onnx
+    unfolded = to_onnx(exported["slim"], (3, SIZE, SIZE), fold_bn=False)
+    assert sum(n.op_type == "BatchNormalization" for n in unfolded.graph.node) > 0
+    sess = ort.InferenceSession(unfolded.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(["logits"], {"input": exported["x"]})[0]
+    assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-4
     # the file holds only the pruned channels
     n_params = sum(int(np.prod(t.dims)) for t in m.graph.initializer if len(t.dims) > 1)
     weights = sum(v.size for k, v in exported["slim"].state_dict().items()
