@@ -131,7 +131,8 @@ def _torch_runner(path):
             a = [env[i] for i in ins]
             if op == "Conv":
                 p = at["pads"]
-                env[out] = F.conv2d(a[0], a[1], a[2], at["strides"], (p[0], p[1]),
+                bias = a[2] if len(a) > 2 else None
+                env[out] = F.conv2d(a[0], a[1], bias, at["strides"], (p[0], p[1]),
                                     at["dilations"], at["group"])
             elif op == "BatchNormalization":
                 env[out] = F.batch_norm(a[0], a[3], a[4], a[1], a[2], False, 0.0, at["epsilon"])
