@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dmcp  # noqa: E402
 from dmcp import _C  # noqa: E402
+from dmcp.flops import trace  # noqa: E402
 from dmcp.nn import Conv2d  # noqa: E402
 from timing import describe_machine, median_seconds  # noqa: E402
 
@@ -41,7 +42,7 @@ def conv_shapes(model, batch):
                                 neck=dict(type="GlobalAveragePooling"),
                                 head=dict(type="LinearClsHead", num_classes=1000)))
     seen = collections.OrderedDict()
-    for name, m in net.trace((3, 224, 224)):
+    for name, m in trace(net, (3, 224, 224)):
         if not isinstance(m, Conv2d):
             continue
         _, c, h, w = m._inp.shape

@@ -51,10 +51,10 @@ if os.environ.get("DMCP_ISA"):
 if os.environ.get("DMCP_KEEP_FREED_MEMORY", "1") != "0":
     _C.keep_freed_memory()
 from . import nn  # noqa: E402
-from .algorithm import DMCP, build_pruned  # noqa: E402
+from .algorithm import DMCP, build_algorithm_model as build_model, build_pruned  # noqa: E402
 from .config import Config, ConfigError  # noqa: E402
 from .flops import count_flops  # noqa: E402
-from .models import ImageClassifier, build_model  # noqa: E402
+from .models import ImageClassifier  # noqa: E402
 from .units import Mutator, UserError  # noqa: E402
 
 __version__ = "0.1.0"

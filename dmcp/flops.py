@@ -1,6 +1,58 @@
-"""FLOPs and parameter counting: conv + linear multiply-accumulates at the
-model's current widths, one image of the given size (DMCP.md section 4)."""
-from .nn import Linear
+"""FLOPs in one place (DMCP.md section 4): which layers count and at which
+sizes (``trace``), the per-layer terms the C expected-FLOPs routines take
+(``flops_terms``), conv + linear multiply-accumulates and parameters at the
+model's current widths (``count_flops``), and the input size every count is
+taken at (``flops_input_shape``)."""
+import numpy as np
+
+from .nn import Conv2d, Linear
+
+
+def trace(net, input_shape):
+    """Forward one zero image of ``input_shape`` (C, H, W) through an ImageClassifier
+    in eval mode with the gates off; every conv/linear records its active sizes.
+    Returns [(name, layer)] of the convs and linears, in order."""
+    saved = [(m, m.training) for _, m in net.named_modules()]
+    gates = [(u, u.gate_on) for u in net.units.values()]
+    for u, _ in gates:
+        u.gate_on = False
+    net.eval()
+    try:
+        x = np.zeros((1,) + tuple(input_shape), np.float32)
+        layers = [(n, m) for n, m in net.named_modules() if isinstance(m, (Conv2d, Linear))]
+        net.forward(x)
+    finally:
+        for m, t in saved:
+            m.training = t
+        for u, g in gates:
+            u.gate_on = g
+    return layers
+
+
+def flops_terms(net, input_shape, units=None):
+    """Rows [unit_a, unit_b, const_a, const_b, coef], one per conv/linear: its MACs are
+    coef * (width of unit_a, or const_a) * (width of unit_b, or const_b), unit
+    indices into ``units`` (default: the net's units).  Cached per size and units."""
+    units = list(net.units.values()) if units is None else list(units)
+    cache = net.__dict__.setdefault("_terms", {})
+    key = (tuple(input_shape), tuple(id(u) for u in units))
+    if key not in cache:
+        index = {id(u): i for i, u in enumerate(units)}
+        rows = []
+        for _, m in trace(net, input_shape):
+            ia = index.get(id(m.in_unit), -1)
+            if isinstance(m, Linear):
+                rows.append([ia, -1, m.in_features, m.out_features, 1.0])
+                continue
+            oh, ow = m._out_hw
+            kk = m.kernel_size[0] * m.kernel_size[1] * oh * ow
+            if m.depthwise:
+                rows.append([ia, -1, m.in_channels, 1.0, kk])
+            else:
+                ib = index.get(id(m.out_unit), -1)
+                rows.append([ia, ib, m.in_channels, m.out_channels, kk / m.groups])
+        cache[key] = np.array(rows, np.float64).reshape(-1, 5)
+    return cache[key]
 
 
 def _model_of(model):
@@ -12,7 +64,7 @@ def count_flops(model, input_shape=(3, 224, 224)):
 
     Each row: name, type, in/out channels (active), kernel, output size, flops, params."""
     net = _model_of(model)
-    layers = net.trace(input_shape)
+    layers = trace(net, input_shape)
     rows, total, params = [], 0, 0
     for name, m in layers:
         if isinstance(m, Linear):

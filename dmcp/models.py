@@ -438,7 +438,6 @@ class ImageClassifier(Module):
         self.head = LinearClsHead(in_unit=self.backbone.out_unit, rng=rng, pruned=bool(widths), **hcfg)
         self.units = self.backbone.units
         self._ops = [self.backbone, self.neck, self.head]
-        self._terms = {}
 
     @property
     def loss_module(self):
@@ -453,52 +452,3 @@ class ImageClassifier(Module):
     def load_state_dict(self, state, strict=True, slice_channels=False):
         from .checkpoint import load_weights
         return load_weights(self, state, strict, slice_channels)
-
-    # ---- FLOPs
-    def trace(self, input_shape):
-        """Forward one zero image of ``input_shape`` (C, H, W) in eval mode with the
-        gates off; every conv/linear records its active sizes.  Returns the layers."""
-        saved = [(m, m.training) for _, m in self.named_modules()]
-        gates = [(u, u.gate_on) for u in self.units.values()]
-        for u, _ in gates:
-            u.gate_on = False
-        self.eval()
-        try:
-            x = np.zeros((1,) + tuple(input_shape), np.float32)
-            layers = [(n, m) for n, m in self.named_modules() if isinstance(m, (Conv2d, Linear))]
-            self.forward(x)
-        finally:
-            for m, t in saved:
-                m.training = t
-            for u, g in gates:
-                u.gate_on = g
-        return layers
-
-    def flops_terms(self, input_shape, units=None):
-        """Rows [unit_a, unit_b, const_a, const_b, coef] for the C FLOPs routines."""
-        key = tuple(input_shape)
-        if key not in self._terms:
-            units = list(self.units.values()) if units is None else units
-            index = {id(u): i for i, u in enumerate(units)}
-            rows = []
-            for name, m in self.trace(input_shape):
-                if isinstance(m, Linear):
-                    rows.append([index.get(id(m.in_unit), -1), -1, m.in_features, m.out_features, 1.0])
-                    continue
-                oh, ow = m._out_hw
-                kk = m.kernel_size[0] * m.kernel_size[1] * oh * ow
-                ia = index.get(id(m.in_unit), -1)
-                if m.depthwise:
-                    rows.append([ia, -1, m.in_channels, 1.0, kk])
-                else:
-                    ib = index.get(id(m.out_unit), -1)
-                    rows.append([ia, ib, m.in_channels, m.out_channels, kk / m.groups])
-            self._terms[key] = np.array(rows, np.float64).reshape(-1, 5)
-        return self._terms[key]
-
-
-def build_model(cfg, seed=0):
-    """Build a model from a config dict: ImageClassifier, DMCP (its architecture,
-    with a mutator attached) or sub_model (a pruned network from a fix-subnet)."""
-    from .algorithm import build_algorithm_model
-    return build_algorithm_model(cfg, seed)

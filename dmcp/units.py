@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 
 from . import _C
+from .flops import flops_terms
 from .nn import Parameter
 
 PROB_TYPES = {"sigmoid": 0, "exp": 1}
@@ -262,7 +263,7 @@ class Mutator:
 
     # ---- FLOPs
     def flops_terms(self, input_shape):
-        return self.model.flops_terms(input_shape, self.units)
+        return flops_terms(self.model, input_shape, self.units)
 
     def current_flops(self, input_shape):
         """Conv+linear MACs at the current widths."""
