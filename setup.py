@@ -49,7 +49,11 @@ x86 = platform.machine().lower() in ("x86_64", "amd64")
 # DMCP_NATIVE=1 tunes everything for the build machine instead.
 march = ["-march=native"] if native else (["-march=x86-64-v2", "-mtune=generic"] if x86 else [])
 if debug:
-    opt = ["-O0", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined"] + march
+    # -fno-wrapv undoes the -fwrapv of CPython's CFLAGS, which would make signed overflow
+    # defined and so silence UBSan's check of it; extra_compile_args come after those
+    # CFLAGS on the compile line, so it wins (as -O0 wins over their -O3).
+    opt = ["-O0", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+           "-fno-wrapv"] + march
     link_extra = ["-fsanitize=address,undefined"]
 else:
     opt = ["-O3"] + march

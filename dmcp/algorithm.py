@@ -264,6 +264,25 @@ def distill_settings(distiller):
     return tau, cfg_number(loss.get("loss_weight", 1.0), f"{where}.loss_weight", float, 0.0)
 
 
+# mmrazor's sub_model(cfg, fix_subnet, mode, prefix, extra_prefix, init_weight_from_supernet,
+# init_cfg) as a model dict writes it (data_preprocessor and _scope_ are the builder's)
+SUB_MODEL_KEYS = ("cfg", "fix_subnet", "mode", "prefix", "extra_prefix",
+                  "init_weight_from_supernet", "init_cfg", "data_preprocessor", "_scope_")
+
+
+def sub_model_args(cfg):
+    """A sub_model dict's own keys, without its type.  mmrazor's subnet configs write
+    ``model = dict(type='sub_model', cfg=_base_.supernet, ...)`` over a DMCP supernet
+    config without ``_delete_=True``, so the base's DMCP keys (architecture,
+    target_flops, ...) are merged in, and mmrazor's sub_model swallows them; so does
+    this, for exactly DMCP's own parameters.  Any other unknown key fails, with a
+    did-you-mean against sub_model's keys."""
+    inherited = set(signature_keys(DMCP.__init__, ("seed",))) - set(SUB_MODEL_KEYS)
+    own = {k: v for k, v in cfg.items() if k != "type" and k not in inherited}
+    check_keys("sub_model", own, SUB_MODEL_KEYS)
+    return own
+
+
 def build_algorithm_model(cfg, seed=0):
     """ImageClassifier, DMCP or sub_model from a config dict."""
     cfg = _plain(cfg)
@@ -274,9 +293,7 @@ def build_algorithm_model(cfg, seed=0):
         cfg.pop("type")
         return DMCP(seed=seed, **cfg)
     if t == "sub_model":
-        cfg.pop("type")
-        check_keys("sub_model", cfg, ("cfg", "fix_subnet", "mode", "init_weight_from_supernet",
-                                       "init_cfg", "data_preprocessor", "_scope_"))
+        cfg = sub_model_args(cfg)
         if "cfg" not in cfg or "fix_subnet" not in cfg:
             raise UserError("sub_model needs 'cfg' (the supernet) and 'fix_subnet'")
         return build_pruned(cfg["cfg"], cfg["fix_subnet"], seed)

@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .units import UserError
+from .config import UserError
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,

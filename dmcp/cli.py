@@ -3,11 +3,13 @@ missing data, bad JSON) print one clear line and exit 1; --debug shows the
 traceback."""
 import argparse
 import json
+import os
 import sys
 
-from .config import Config, ConfigError, check_option_keys, parse_cfg_options
-from .units import UserError
+import numpy as np
 
+from .config import ConfigError, load_config
+from .units import UserError
 
 
 def run(main, argv=None):
@@ -24,15 +26,6 @@ def run(main, argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-def load_config(path, options=None):
-    cfg = Config.fromfile(path)
-    if options:
-        options = parse_cfg_options(options)
-        check_option_keys(cfg, options)
-        cfg.merge_from_dict(options)
-    return cfg
 
 
 def get_flops_main(argv):
@@ -75,3 +68,108 @@ def get_flops_main(argv):
     print(f"\ninput {'x'.join(map(str, shape))}: FLOPs (conv+linear MACs) {r['flops'] / 1e6:.2f} M "
           f"= {r['flops'] / 1e9:.3f} G, params {r['params'] / 1e6:.3f} M")
     return 0
+
+
+def sample_main(argv):
+    """tools/sample_subnets.py: sample subnets again from a supernet checkpoint."""
+    from . import algorithm
+    from .checkpoint import read_checkpoint
+    from .runner import Logger, config_seed, subnet_hook_of, write_samples
+    p = argparse.ArgumentParser(prog="sample_subnets.py", description="Sample pruned structures "
+                                "(subnet_*.json, expected_ch.json, charts) from a DMCP supernet "
+                                "checkpoint, for its target or another.")
+    p.add_argument("config")
+    p.add_argument("checkpoint")
+    p.add_argument("--num", type=int, default=None, help="direct samples (default: the config's "
+                   "DMCPSubnetHook subnet_sample_num, else 10)")
+    p.add_argument("--target", type=float, default=None, help="target MFLOPs (default: the "
+                   "config's target_flops)")
+    p.add_argument("--max-draws", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--work-dir", help="where model_sample/ goes (default: beside the checkpoint)")
+    p.add_argument("--cfg-options", nargs="+", default=[])
+    args = p.parse_args(argv)
+    if args.num is not None and args.num < 1:
+        raise UserError(f"--num {args.num}: must be at least 1")
+    if args.target is not None and not args.target > 0:
+        raise UserError(f"--target {args.target}: must be a positive number of MFLOPs")
+    if args.max_draws < 1:
+        raise UserError(f"--max-draws {args.max_draws}: must be at least 1")
+    cfg = load_config(args.config, args.cfg_options)
+    seed = args.seed if args.seed is not None else config_seed(cfg)
+    mtype = str((cfg.get("model") or {}).get("type", "")).split(".")[-1]
+    if mtype not in ("DMCP", "DMCPDDP"):
+        raise UserError(f"{args.config}: sampling needs a DMCP supernet config (model.type='DMCP', "
+                        f"got {mtype!r})")
+    model = algorithm.build_algorithm_model(cfg["model"], seed=seed)
+    from .flops import flops_input_shape
+    model.input_shape = flops_input_shape(cfg)
+    state = read_checkpoint(args.checkpoint)
+    if not any(k.startswith("mutator.") for k in state):
+        raise UserError(f"{args.checkpoint}: holds no architecture parameters (mutator.*.alpha); "
+                        f"is it a supernet checkpoint?")
+    model.load_state_dict(state)
+    hook = subnet_hook_of(cfg)
+    num = args.num if args.num is not None else (hook["num"] if hook else 10)
+    work_dir = args.work_dir or os.path.dirname(os.path.abspath(args.checkpoint))
+    log = Logger(work_dir)
+    samples = algorithm.sample_subnets(model, num, np.random.default_rng(seed + 7), args.max_draws,
+                                       target_mflops=args.target)
+    write_samples(model, samples, os.path.join(work_dir, "model_sample"), log, args.max_draws)
+    log.close()
+    return 0
+
+
+def train_main(argv):
+    from .runner import Runner
+    p = argparse.ArgumentParser(prog="train.py", description="Train a DMCP supernet, a pruned "
+                                "sub_model or a plain classifier from a config.")
+    p.add_argument("config")
+    p.add_argument("--work-dir")
+    p.add_argument("--cfg-options", nargs="+", default=[])
+    p.add_argument("--resume", nargs="?", const="auto", default=None)
+    p.add_argument("--launcher", choices=["none", "mpi", "slurm"], default="none")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.cfg_options)
+    try:
+        runner = Runner(cfg, work_dir=args.work_dir, resume=args.resume, launcher=args.launcher)
+        runner.train()
+    except BaseException as e:
+        from . import dist
+        dist.abort_on_error(e)          # a distributed run ends on every rank, with a message
+        raise
+    return 0
+
+
+def test_main(argv):
+    from .runner import Runner
+    p = argparse.ArgumentParser(prog="test.py", description="Top-1/top-5 of a checkpoint on the "
+                                "config's test (or val) set.")
+    p.add_argument("config")
+    p.add_argument("checkpoint")
+    p.add_argument("--work-dir")
+    p.add_argument("--cfg-options", nargs="+", default=[])
+    p.add_argument("--launcher", choices=["none", "mpi", "slurm"], default="none")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.cfg_options)
+    if cfg.get("test_dataloader"):
+        cfg["val_dataloader"] = cfg["test_dataloader"]
+    from .checkpoint import embedded_subnet
+    own = embedded_subnet(args.checkpoint)
+    if own is not None and str(cfg["model"].get("type", "")).split(".")[-1] == "sub_model":
+        cfg["model"]["fix_subnet"] = own        # an exported slim checkpoint carries its structure
+    try:
+        runner = Runner(cfg, work_dir=args.work_dir, resume=False, launcher=args.launcher)
+        if not os.path.exists(args.checkpoint):
+            raise UserError(f"checkpoint '{args.checkpoint}' does not exist")
+        from .checkpoint import read_checkpoint
+        runner.model.load_state_dict(read_checkpoint(args.checkpoint))
+        if runner.is_dmcp:
+            runner.model.mutator.set_widths("max")
+        r = runner.evaluate(progress="test")
+    except BaseException as e:
+        from . import dist
+        dist.abort_on_error(e)
+        raise
+    runner.log.info("Test: " + "  ".join(f"{k}: {v:.2f}" for k, v in r.items()))
+    return r

@@ -41,8 +41,8 @@ try:
 except ImportError:  # PyYAML is only needed for .yaml configs
     yaml = None
 
-__all__ = ["ConfigError", "ConfigDict", "Config", "parse_cfg_options", "check_option_keys",
-           "check_keys", "signature_keys", "RUNTIME_KEYS"]
+__all__ = ["UserError", "ConfigError", "ConfigDict", "Config", "parse_cfg_options", "check_option_keys",
+           "check_keys", "signature_keys", "RUNTIME_KEYS", "load_config"]
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
@@ -55,6 +55,11 @@ SUPPORTED_EXTS = PY_EXTS + YAML_EXTS + JSON_EXTS
 PACKAGE_CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 _LINE_WIDTH = 79
+
+
+class UserError(Exception):
+    """A mistake in what the user supplied (config, JSON, data): the message
+    names the file/key/value at fault; tools print it without a traceback."""
 
 
 class ConfigError(Exception):
@@ -89,7 +94,6 @@ def check_keys(kind, given, allowed):
     bad = [k for k in given if k not in allowed]
     if not bad:
         return
-    from .units import UserError
     named = ", ".join(f"{k!r}{_did_you_mean(k, allowed)}" for k in bad)
     raise UserError(f"{kind}: unknown key{'s' if len(bad) > 1 else ''} {named}; accepted keys: "
                     f"{', '.join(allowed) or 'none'}")
@@ -276,10 +280,15 @@ class _BaseReader:
         object.__setattr__(self, "_live", live)
 
     def __getattr__(self, name):
+        if name.startswith("__") or name == "_live":   # copy/pickle probing a bare instance
+            raise AttributeError(name)
         try:
             return self[name]
         except KeyError:
             raise AttributeError(f"_base_ has no key {name!r}") from None
+
+    def __deepcopy__(self, memo):     # a bound method of _base_ kept in a config value
+        return _BaseReader(_fresh(self._live))
 
     def __getitem__(self, key):
         return _fresh(self._live[key])
@@ -890,3 +899,13 @@ def parse_cfg_options(options):
         except ValueError as e:
             raise ConfigError(f"--cfg-options {key}: {e}") from None
     return result
+
+
+def load_config(path, options=None):
+    """A config file with ``--cfg-options`` (mmengine syntax, top-level keys checked) merged in."""
+    cfg = Config.fromfile(path)
+    if options:
+        options = parse_cfg_options(options)
+        check_option_keys(cfg, options)
+        cfg.merge_from_dict(options)
+    return cfg

@@ -33,8 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import _C
-from .config import check_keys as _check_keys, signature_keys
-from .units import UserError
+from .config import UserError, check_keys as _check_keys, signature_keys
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _MASK64 = (1 << 64) - 1

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from .units import UserError
+from .config import UserError
 
 BUCKET_BYTES = 4 << 20
 

@@ -23,12 +23,12 @@ import numpy as np
 
 from .algorithm import Structure, build_classifier, supernet_of
 from .checkpoint import read_checkpoint
-from .cli import load_config
+from .config import load_config
 from .flops import count_flops, flops_input_shape
 from .models import ConvModule, InvertedResidual, LinearClsHead, NormGateAct, _Backbone, \
     _ResidualBlock
 from .nn import Conv2d, GlobalAvgPool, MaxPool2d, ReLU
-from .units import UserError
+from .config import UserError
 
 FORMATS = ("onnx", "pth", "npz")
 DEFAULT_OPSET = 17

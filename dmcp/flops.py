@@ -5,6 +5,7 @@ model's current widths (``count_flops``), and the input size every count is
 taken at (``flops_input_shape``)."""
 import numpy as np
 
+from .config import UserError
 from .nn import Conv2d, Linear
 
 
@@ -99,7 +100,6 @@ def flops_input_shape(cfg, shape=None):
     given, else what the val (or train) pipeline produces; ``shape`` = (H,) or (H, W)
     overrides the size.  A demo_input that disagrees with the pipeline is an error."""
     from .data import dataset_input_shape
-    from .units import UserError
     model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
     demo = ((model.get("mutator_cfg") or {}).get("parse_cfg") or {}).get("demo_input")
     ds, where = None, None

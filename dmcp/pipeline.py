@@ -4,7 +4,7 @@ import argparse
 import json
 import os
 
-from .cli import load_config
+from .config import load_config
 from .flops import count_flops
 from .runner import Runner
 from .units import UserError

@@ -13,15 +13,11 @@ import warnings
 import numpy as np
 
 from . import _C
+from .config import UserError
 from .flops import flops_terms
 from .nn import Parameter
 
 PROB_TYPES = {"sigmoid": 0, "exp": 1}
-
-
-class UserError(Exception):
-    """A mistake in what the user supplied (config, JSON, data): the message
-    names the file/key/value at fault; tools print it without a traceback."""
 
 
 def cfg_number(value, key, kind=float, minimum=None):

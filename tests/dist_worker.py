@@ -21,9 +21,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dmcp import algorithm, dist  # noqa: E402
-from dmcp.cli import run  # noqa: E402
+from dmcp.cli import run, train_main  # noqa: E402
 from dmcp.nn import BatchNorm2d  # noqa: E402
-from dmcp.runner import train_main  # noqa: E402
 
 
 def _work_dir(argv):

@@ -223,3 +223,19 @@ def test_slurm_train_sh(slurm_cluster, tmp_path):
     check_supernet_work_dir((wd, r))
     log = [f for f in os.listdir(wd) if f.endswith(".log")]
     assert "2 process(es)" in open(os.path.join(wd, log[0])).read()
+
+
+def test_slurm_train_sh_reads_gpus(slurm_cluster, tmp_path):
+    """mmrazor's `GPUS=N GPUS_PER_NODE=n sh tools/slurm_train.sh ...` starts N ranks,
+    n to a node (a stand-in PYTHON reports each rank instead of training)."""
+    stub = tmp_path / "python"
+    stub.write_text('#!/bin/sh\necho "rank $SLURM_PROCID of $SLURM_NTASKS, '
+                    '$SLURM_NTASKS_PER_NODE per node: $*"\n')
+    stub.chmod(0o755)
+    r = sh(["sh", "tools/slurm_train.sh", "debug", "dmcp_ci", SUPERNET], timeout=120,
+           SLURM_CONF=slurm_cluster, GPUS="2", GPUS_PER_NODE="2", PYTHON=str(stub))
+    assert "slurm_train.sh: GPUS=2 read as TASKS=2, GPUS_PER_NODE=2 as TASKS_PER_NODE=2 " \
+           "(CPU ranks)" in r.stderr, r.stderr
+    ranks = sorted(line.split(":")[0] for line in r.stdout.splitlines() if line.startswith("rank"))
+    assert ranks == ["rank 0 of 2, 2 per node", "rank 1 of 2, 2 per node"], r.stdout
+    assert f"{SUPERNET} --launcher slurm" in r.stdout

@@ -7,8 +7,7 @@ charts, into WORK_DIR/model_sample/.
 """
 import sys
 
-from dmcp.cli import run
-from dmcp.runner import sample_main
+from dmcp.cli import run, sample_main
 
 if __name__ == "__main__":
     sys.exit(run(sample_main))

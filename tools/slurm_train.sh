@@ -7,6 +7,8 @@
 # TASKS (default 1) ranks, CPUS_PER_TASK (default 1) CPUs and OpenMP/OpenBLAS
 # threads each; SRUN_MPI (default pmix) is srun's --mpi plugin; SRUN_ARGS adds
 # srun options.  A rank that fails takes the job down (--kill-on-bad-exit).
+# mmrazor's GPUS=N [GPUS_PER_NODE=n] are read as TASKS and TASKS_PER_NODE when
+# those are unset (dmcp's ranks run on CPUs).
 set -eu
 if [ $# -lt 3 ]; then
     echo "usage: sh tools/slurm_train.sh PARTITION JOB_NAME CONFIG [train.py args]" >&2
@@ -16,6 +18,26 @@ PARTITION=$1
 JOB_NAME=$2
 CONFIG=$3
 shift 3
+positive() {    # NAME VALUE
+    case $2 in
+    '' | *[!0-9]* | 0*) echo "slurm_train.sh: $1 must be a positive integer, got '$2'" >&2; exit 2 ;;
+    esac
+}
+# mmrazor's GPUS=N GPUS_PER_NODE=n: N ranks (on CPUs here), n to a node
+if [ -z "${TASKS:-}" ] && [ -n "${GPUS:-}" ]; then
+    positive GPUS "$GPUS"
+    TASKS=$GPUS
+    said="GPUS=$GPUS read as TASKS=$GPUS"
+    if [ -z "${TASKS_PER_NODE:-}" ] && [ -n "${GPUS_PER_NODE:-}" ]; then
+        positive GPUS_PER_NODE "$GPUS_PER_NODE"
+        TASKS_PER_NODE=$GPUS_PER_NODE
+        said="$said, GPUS_PER_NODE=$GPUS_PER_NODE as TASKS_PER_NODE=$GPUS_PER_NODE"
+    fi
+    echo "slurm_train.sh: $said (CPU ranks)" >&2
+elif [ -n "${GPUS:-}${GPUS_PER_NODE:-}" ]; then
+    if [ -n "${TASKS:-}" ]; then why="TASKS=$TASKS is set"; else why="GPUS is not set"; fi
+    echo "slurm_train.sh: GPUS/GPUS_PER_NODE ignored ($why)" >&2
+fi
 TASKS=${TASKS:-1}
 CPUS_PER_TASK=${CPUS_PER_TASK:-1}
 TASKS_PER_NODE=${TASKS_PER_NODE:-}

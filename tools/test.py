@@ -4,8 +4,7 @@
 """
 import sys
 
-from dmcp.cli import run
-from dmcp.runner import test_main
+from dmcp.cli import run, test_main
 
 if __name__ == "__main__":
     sys.exit(1 if run(lambda a: 0 if test_main(a) else 1) else 0)

@@ -5,8 +5,7 @@
 """
 import sys
 
-from dmcp.cli import run
-from dmcp.runner import train_main
+from dmcp.cli import run, train_main
 
 if __name__ == "__main__":
     sys.exit(run(train_main))
