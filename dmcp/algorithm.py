@@ -9,8 +9,8 @@ import numpy as np
 from .config import _plain, check_keys, signature_keys
 from .models import ImageClassifier, _strip_scope
 from .nn import KLDivergence
-from .units import PROB_TYPES, Mutator, Rounding, UserError, apply_subnet, budget_loss, cfg_number, \
-    load_subnet
+from .units import (PROB_TYPES, Mutator, Rounding, UserError, apply_subnet, budget_loss, cfg_number,
+                    load_subnet, wider_hint)
 
 STRATEGIES = ("max", "min", "random", "direct", "scheduled_random", "arch_random")
 
@@ -51,7 +51,8 @@ def build_pruned(supernet_cfg, fix_subnet, seed=0, supernet=None):
                 f"but the model's unit has {u.num_channels}" if isinstance(n, int)
                 and not isinstance(n, bool) else f"a {type(n).__name__}, not an integer"))
         if not isinstance(w, (int, np.integer)) or isinstance(w, bool) or not 1 <= w <= u.num_channels:
-            raise UserError(f"{source}: unit '{key}' choice {w!r} is outside 1..{u.num_channels}")
+            raise UserError(f"{source}: unit '{key}' choice {w!r} is outside "
+                            f"1..{u.num_channels}{wider_hint(w, u.num_channels)}")
         widths[u.name] = int(w)
     missing = [u.name for u in probe.units.values() if u.name not in widths]
     for name in missing:        # full, not derived from a pruned input (MobileNetV2's hidden units)

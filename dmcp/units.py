@@ -309,7 +309,8 @@ class Mutator:
             if not isinstance(width, (int, np.integer)) or isinstance(width, bool):
                 raise UserError(f"{source}: unit '{key}' choice must be an integer, got {width!r}")
             if not 1 <= width <= u.num_channels:
-                raise UserError(f"{source}: unit '{key}' choice {width} is outside 1..{u.num_channels}")
+                raise UserError(f"{source}: unit '{key}' choice {width} is outside "
+                                f"1..{u.num_channels}{wider_hint(width, u.num_channels)}")
             seen.add(u.name)
             u.set_width(self.rounding(width, u.num_channels))
         missing = [u.name for u in self.units if u.name not in seen]
@@ -318,6 +319,14 @@ class Mutator:
         if missing:
             warnings.warn(f"{source}: {len(missing)} unit(s) not given keep full width: "
                           f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+
+
+def wider_hint(width, num_channels):
+    """What a choice above its unit's channels usually means."""
+    if isinstance(width, (int, np.integer)) and width > num_channels:
+        return ("; was the structure searched on a wider supernet? (mmrazor's published "
+                "MobileNetV2 structures need MobileNetV2 widen_factor=1.5)")
+    return ""
 
 
 def load_subnet(fix_subnet):
