@@ -316,3 +316,14 @@ def test_train_tool_prints_a_bad_resume_as_one_line(trained, tmp_path):
                        capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 1, r.stderr
     assert r.stderr.strip() == f"error: --resume: '{path}': entry 'meta' is not UTF-8 text"
+
+
+def test_memory_stays_flat_over_a_long_run(tmp_path):
+    """Resident memory after warm-up does not grow with DMCP iterations (weight and
+    architecture steps, evaluations): a leaked activation would add MiBs per sample."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "benchmarks"))
+    from bench_leak import long_run
+    samples = long_run(160, 40, 32, str(tmp_path))
+    rss = [r for _, r in samples]
+    assert rss[-1] - rss[0] < 8.0, samples        # from iteration 40 to 160
