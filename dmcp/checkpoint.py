@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import re
+import tokenize
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -123,13 +124,29 @@ class _Unpickler(pickle.Unpickler):
         return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
 
 
+# what zipfile raises on a damaged archive besides BadZipFile: an unknown zip version or
+# compression method (NotImplementedError), an encrypted member (RuntimeError), bad sizes
+_ZIP_ERRORS = (zipfile.BadZipFile, NotImplementedError, RuntimeError, zlib.error, EOFError,
+               ValueError, OverflowError, OSError)
+# and numpy on a damaged .npy header inside a .npz (its legacy-header filter tokenizes it)
+_NPZ_ERRORS = _ZIP_ERRORS + (KeyError, tokenize.TokenError)
+
+
+def _load_npz(path):
+    """np.load of a .npz; a plain .npy (an array, not an archive) is a UserError."""
+    z = np.load(path, allow_pickle=False)
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise UserError(f"checkpoint '{path}' holds a single .npy array, not a .npz archive")
+    return z
+
+
 def read_pth(path):
     """A PyTorch zip checkpoint as nested dicts of NumPy arrays."""
     try:
         archive = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise UserError(f"checkpoint '{path}' does not exist") from None
-    except zipfile.BadZipFile:
+    except _ZIP_ERRORS:
         raise UserError(f"checkpoint '{path}' is not a PyTorch zip checkpoint "
                         f"(legacy torch.save format or not a checkpoint)") from None
     with archive:
@@ -137,27 +154,31 @@ def read_pth(path):
         if not pkl:
             raise UserError(f"checkpoint '{path}' has no data.pkl")
         prefix = pkl[0][:-len("data.pkl")]
-        with archive.open(pkl[0]) as f:
-            try:
+        try:
+            with archive.open(pkl[0]) as f:
                 return _Unpickler(f, archive, prefix).load()
-            except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError,
-                    AttributeError, IndexError, zlib.error, zipfile.BadZipFile, RecursionError,
-                    MemoryError) as e:
-                raise UserError(f"checkpoint '{path}' could not be read: "
-                                f"{type(e).__name__}: {e}") from None
+        except (pickle.UnpicklingError, KeyError, TypeError, AttributeError, IndexError,
+                RecursionError, MemoryError) + _ZIP_ERRORS as e:
+            raise UserError(f"checkpoint '{path}' could not be read: "
+                            f"{type(e).__name__}: {e}") from None
 
 
 def read_checkpoint(path):
     """A state dict from a .pth (torchvision/mmcls) or a dmcp .npz checkpoint."""
     if str(path).endswith(".npz"):
         try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k[len("state_dict/"):]: z[k] for k in z.files if k.startswith("state_dict/")}
+            with _load_npz(path) as z:
+                state = {k[len("state_dict/"):]: z[k] for k in z.files if k.startswith("state_dict/")}
+            for k, v in state.items():      # np.load gives a member without the .npy magic as bytes
+                if not isinstance(v, np.ndarray):
+                    raise UserError(f"checkpoint '{path}': entry 'state_dict/{k}' is not a .npy "
+                                    f"array (damaged .npz)")
+            return state
         except FileNotFoundError:
             raise UserError(f"checkpoint '{path}' does not exist") from None
         except IsADirectoryError:
             raise UserError(f"checkpoint '{path}' is a directory, not a file") from None
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zlib.error) as e:
+        except _NPZ_ERRORS as e:
             raise UserError(f"checkpoint '{path}' is not a readable dmcp checkpoint "
                             f"(truncated or not a .npz): {type(e).__name__}: {e}") from None
     obj = read_pth(path)
@@ -173,12 +194,11 @@ def embedded_subnet(path):
     if not str(path).endswith(".npz") or not os.path.isfile(path):
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with _load_npz(path) as z:
             if "fix_subnet" not in z.files:
                 return None
             return json.loads(bytes(z["fix_subnet"]).decode("utf-8"))
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zlib.error,
-            UnicodeDecodeError) as e:
+    except (UnicodeDecodeError,) + _NPZ_ERRORS as e:
         raise UserError(f"checkpoint '{path}': its fix_subnet entry is unreadable "
                         f"({type(e).__name__}: {e})") from None
 

@@ -394,9 +394,17 @@ def _is_config_value(name, value):
         value, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type))
 
 
+def _read_text(path):
+    """A config file's text; a file that is not UTF-8 is a ConfigError naming the byte."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
 def _load_py(path, stack):
-    with open(path, encoding="utf-8") as f:
-        source = f.read()
+    source = _read_text(path)
     try:
         tree = ast.parse(source, filename=path)
     except SyntaxError as e:
@@ -457,8 +465,7 @@ def _check_tree(data, path):
 
 def _load_data(path, stack):
     """A .yaml/.yml/.json config: a mapping, optionally with a ``_base_`` key."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = _read_text(path)
     if path.endswith(JSON_EXTS):
         try:
             data = json.loads(text) if text.strip() else {}

@@ -24,12 +24,15 @@ def cfg_number(value, key, kind=float, minimum=None):
     """A config value as int or float, or a UserError naming the key, the value and
     the type expected (instead of a ValueError traceback)."""
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if ok and kind is int and float(value) != int(value):
+    if ok and kind is int and isinstance(value, (float, np.floating)):
+        ok = float(value).is_integer()              # (nan and inf are not)
+    try:
+        v = kind(value) if ok else None
+    except OverflowError:                           # an int past float's range
         ok = False
     if not ok:
         want = "an integer" if kind is int else "a number"
         raise UserError(f"{key}={value!r}: expected {want}")
-    v = kind(value)
     if minimum is not None and v < minimum:
         raise UserError(f"{key}={value!r}: must be at least {minimum}")
     return v
@@ -53,8 +56,8 @@ class Rounding:
 
     def __init__(self, divisor=1, min_value=None, min_ratio=0.5, where="channel_unit_cfg.default_args"):
         self.divisor = cfg_number(divisor, f"{where}.divisor", int)
-        if self.divisor < 1:
-            raise UserError(f"{where}.divisor={divisor!r}: must be a positive integer")
+        if not 1 <= self.divisor < 2 ** 31:
+            raise UserError(f"{where}.divisor={divisor!r}: must be a positive integer below 2**31")
         self.min_value = cfg_number(self.divisor if min_value is None else min_value,
                                     f"{where}.min_value", int, 1)
         self.min_ratio = cfg_number(min_ratio, f"{where}.min_ratio", float, 0.0)
@@ -368,7 +371,10 @@ def load_subnet(fix_subnet):
             n = init.get("num_channels")
             if n is not None:
                 declared[key] = n
-            if init.get("divisor", 1) != 1 and isinstance(entry["choice"], (int, np.integer)):
+            choice = entry["choice"]
+            if init.get("divisor", 1) != 1 and isinstance(choice, (int, np.integer)) \
+                    and not isinstance(choice, bool) and 1 <= choice < 2 ** 31:
+                # (other choices are not widths: apply_choices rejects them by name)
                 # mmrazor rounds a unit's choice when it is set: so does loading it
                 where = f"{source}: unit '{key}' init_args"
                 rounding = Rounding(init["divisor"], init.get("min_value"),
