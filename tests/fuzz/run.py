@@ -5,9 +5,9 @@
 
 Each target runs for N seconds (default 10) in its own subprocess, seeded from
 tests/fuzz/corpus/<target>/ (never written: new inputs go to a temporary
-folder), with -rss_limit_mb=2048 and -timeout=10.  Prints the executions and
-findings per target; a finding's input is saved to the crashes folder (named
-on the way out) and the exit status is 1.  --replay runs saved inputs through
+folder), with a 2048 MB memory limit (above the worker's start-up peak) and
+-timeout=10.  Prints the executions and findings per target; a finding's input
+is saved to the crashes folder (named on the way out) and the exit status is 1.  --replay runs saved inputs through
 a target in this process and prints what each raises.
 """
 import argparse
@@ -27,7 +27,8 @@ CORPUS = os.path.join(HERE, "corpus")
 REGRESSIONS = os.path.join(HERE, "regressions")
 TARGET_NAMES = ("config", "subnet", "pth", "npz", "image", "kernels")
 EXTRA_INSTRUMENTED = {"pth": ["zipfile"], "npz": ["zipfile", "numpy.lib"]}
-LIBFUZZER_FLAGS = ("-rss_limit_mb=2048", "-timeout=10", "-print_final_stats=1")
+RSS_LIMIT_MB = 2048     # memory a target may use above the worker's own start-up peak
+LIBFUZZER_FLAGS = ("-timeout=10", "-print_final_stats=1")
 
 Result = namedtuple("Result", "target execs seconds findings log returncode")
 
@@ -63,6 +64,16 @@ def fuzz(target, seconds, crashes, extra_flags=()):
     return Result(target, execs, elapsed, findings, log, rc)
 
 
+def _rss_limit_mb():
+    """libFuzzer checks the process's peak RSS (getrusage), and Linux carries the
+    parent's resident size at fork into the child's peak across exec: a worker
+    started from a large pytest process begins 'using' gigabytes.  So the limit
+    is RSS_LIMIT_MB above the peak the worker has when fuzzing starts."""
+    import resource
+    start_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024   # KiB on Linux
+    return start_mb + RSS_LIMIT_MB
+
+
 def _worker(args):
     import atheris
     sys.path.insert(0, HERE)
@@ -75,7 +86,7 @@ def _worker(args):
     with atheris.instrument_imports(include=include):
         import targets
     seeds = os.path.join(CORPUS, args.worker)
-    argv = [sys.argv[0], f"-max_total_time={args.seconds}",
+    argv = [sys.argv[0], f"-max_total_time={args.seconds}", f"-rss_limit_mb={_rss_limit_mb()}",
             f"-artifact_prefix={os.path.join(args.crashes, args.worker)}-", *LIBFUZZER_FLAGS,
             *args.libfuzzer, args.work] + ([seeds] if os.path.isdir(seeds) else [])
     atheris.Setup(argv, targets.fuzz_entry(args.worker))
