@@ -7,7 +7,8 @@ _base_ = [
 supernet = dict(
     _scope_='mmcls',
     type='ImageClassifier',
-    backbone=dict(type='MobileNetV2', widen_factor=1.0),
+    # SyncBN: BN statistics over every rank's images (plain BN on one process)
+    backbone=dict(type='MobileNetV2', widen_factor=1.0, norm_cfg=dict(type='SyncBN')),
     neck=dict(type='GlobalAveragePooling'),
     head=dict(
         type='LinearClsHead',

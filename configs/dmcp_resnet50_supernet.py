@@ -7,7 +7,9 @@ _base_ = [
 supernet = dict(
     _scope_='mmcls',
     type='ImageClassifier',
-    backbone=dict(type='ResNet', depth=50, num_stages=4, out_indices=(3, ), style='pytorch'),
+    # SyncBN: BN statistics over every rank's images (plain BN on one process)
+    backbone=dict(type='ResNet', depth=50, num_stages=4, out_indices=(3, ), style='pytorch',
+                  norm_cfg=dict(type='SyncBN')),
     neck=dict(type='GlobalAveragePooling'),
     head=dict(
         type='LinearClsHead',

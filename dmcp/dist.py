@@ -12,12 +12,15 @@ What a group does for the Runner and the training steps:
   accumulates four backward passes into the same gradients before one step,
   so there is little backward left to overlap with.  With it, the BN running
   statistics of the broadcast model become rank 0's again, as PyTorch DDP's
-  broadcast_buffers does: batch statistics stay per rank (no SyncBN), but the
+  broadcast_buffers does: batch statistics stay per rank (unless the model
+  uses SyncBN, ``allreduce_sum``), but the
   eval-mode forward of the architecture step, evaluation and checkpoints see
   one set of statistics, which is what --resume restores;
 - ``broadcast_buffers``: rank 0's BN running statistics, so every rank
   evaluates the model rank 0 checkpoints;
 - ``sum_counts``: validation counts summed over ranks;
+- ``allreduce_sum``: a float64 array summed over ranks in place (SyncBN's
+  per-channel sums in forward and backward);
 - ``abort``: one rank's failure ends the whole job (MPI_Abort) instead of
   leaving the other ranks waiting in a collective.
 """
@@ -50,6 +53,9 @@ class SingleProcess:
 
     def sum_counts(self, correct, total):
         return np.asarray(correct), int(total)
+
+    def allreduce_sum(self, array):
+        return array
 
     def abort(self, message):
         pass
@@ -189,6 +195,11 @@ class MPIGroup:
         if self._synced_buffers:
             self._bcast_arrays(self._synced_buffers)
         self.allreduce_seconds += time.perf_counter() - t0
+
+    def allreduce_sum(self, array):
+        """Sum a float64 array over ranks, in place (SyncBN's statistics)."""
+        self.comm.Allreduce(self.MPI.IN_PLACE, array, op=self.MPI.SUM)
+        return array
 
     def sum_counts(self, correct, total):
         c = np.array(correct, dtype=np.int64)

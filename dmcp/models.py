@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _C
 from .nn import (BatchNorm2d, Conv2d, CrossEntropyLoss, GlobalAvgPool, Linear, MaxPool2d, Module,
-                 ReLU)
+                 ReLU, SyncBatchNorm2d)
 from .config import _did_you_mean, check_keys, signature_keys
 from .units import ChannelUnit, UserError, make_divisible
 
@@ -53,15 +53,48 @@ def _kaiming_fan_out(rng, conv):
     conv.weight.data[...] = rng.normal(0.0, std, conv.weight.shape).astype(np.float32)
 
 
+NORM_LAYERS = {"BN": BatchNorm2d, "BN2d": BatchNorm2d, "SyncBN": SyncBatchNorm2d}
+
+
+def norm_layer(norm_cfg):
+    """mmcv's ``norm_cfg`` (type BN/BN2d/SyncBN, requires_grad, eps, momentum,
+    affine) as a function of the channel count that makes the layer."""
+    cfg = dict(norm_cfg if norm_cfg is not None else dict(type="BN"))
+    t = _strip_scope(cfg.pop("type", None))
+    cls = NORM_LAYERS.get(t)
+    if cls is None:
+        raise UserError(f"norm_cfg type {t!r} is not one of {', '.join(NORM_LAYERS)}"
+                        f"{_did_you_mean(t, NORM_LAYERS)}")
+    check_keys(f"norm_cfg ({t})", cfg, ("requires_grad", "eps", "momentum", "affine"))
+    requires_grad = cfg.pop("requires_grad", True)
+    if not isinstance(requires_grad, bool):
+        raise UserError(f"norm_cfg requires_grad={requires_grad!r}: must be True or False")
+    for key in ("eps", "momentum"):
+        v = cfg.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not 0 < v <= (1 if key == "momentum" else 1e3)):
+            raise UserError(f"norm_cfg {key}={v!r}: must be a number in "
+                            f"{'(0, 1]' if key == 'momentum' else '(0, 1000]'}")
+
+    def make(num_features):
+        bn = cls(num_features, **cfg)
+        for p in bn.parameters():
+            p.requires_grad = requires_grad
+        return bn
+    return make
+
+
 class UnitBook:
     """Creates channel units and ties convs to them while a backbone is built.
     ``widths`` (unit name -> width) builds a pruned network: that unit's layers
-    are created at the given width instead of the full one."""
+    are created at the given width instead of the full one; ``norm`` makes the
+    backbone's norm layers (``norm_layer(norm_cfg)``)."""
 
-    def __init__(self, rng, widths=None):
+    def __init__(self, rng, widths=None, norm=None):
         self.units = {}
         self.rng = rng
         self.widths = dict(widths or {})
+        self.norm = norm or BatchNorm2d
 
     def unit(self, name, channels):
         channels = self.widths.pop(name, channels)
@@ -90,7 +123,7 @@ class ConvModule(Module):
                  depthwise=False, in_channels=None):
         self.conv = book.conv(in_unit, out_unit, kernel, stride, padding, in_channels=in_channels,
                               depthwise=depthwise)
-        self.bn = BatchNorm2d(out_unit.num_channels)
+        self.bn = book.norm(out_unit.num_channels)
         self._ops = [self.conv, NormGateAct(self.bn, out_unit, act_cap)]
 
     def forward(self, x):
@@ -122,7 +155,7 @@ class _ResidualBlock(Module):
 
     def _make_down(self, book, in_unit, res_unit, stride):
         self.downsample = [book.conv(in_unit, res_unit, 1, stride),
-                           BatchNorm2d(res_unit.num_channels)]
+                           book.norm(res_unit.num_channels)]
         self._down = [self.downsample[0], NormGateAct(self.downsample[1], res_unit)]
 
 
@@ -132,9 +165,9 @@ class BasicBlock(_ResidualBlock):
     def __init__(self, book, prefix, in_unit, res_unit, planes, stride, downsample):
         u1 = book.unit(f"{prefix}.conv1", planes)
         self.conv1 = book.conv(in_unit, u1, 3, stride, 1)
-        self.bn1 = BatchNorm2d(u1.num_channels)
+        self.bn1 = book.norm(u1.num_channels)
         self.conv2 = book.conv(u1, res_unit, 3, 1, 1)
-        self.bn2 = BatchNorm2d(res_unit.num_channels)
+        self.bn2 = book.norm(res_unit.num_channels)
         self.downsample = None
         self._main = [self.conv1, NormGateAct(self.bn1, u1, 0.0), self.conv2,
                       NormGateAct(self.bn2, res_unit)]
@@ -152,11 +185,11 @@ class Bottleneck(_ResidualBlock):
         u1 = book.unit(f"{prefix}.conv1", planes)
         u2 = book.unit(f"{prefix}.conv2", planes)
         self.conv1 = book.conv(in_unit, u1, 1)
-        self.bn1 = BatchNorm2d(u1.num_channels)
+        self.bn1 = book.norm(u1.num_channels)
         self.conv2 = book.conv(u1, u2, 3, stride, 1)          # style='pytorch': stride on the 3x3
-        self.bn2 = BatchNorm2d(u2.num_channels)
+        self.bn2 = book.norm(u2.num_channels)
         self.conv3 = book.conv(u2, res_unit, 1)
-        self.bn3 = BatchNorm2d(res_unit.num_channels)
+        self.bn3 = book.norm(res_unit.num_channels)
         self.downsample = None
         self._main = [self.conv1, NormGateAct(self.bn1, u1, 0.0), self.conv2,
                       NormGateAct(self.bn2, u2, 0.0), self.conv3, NormGateAct(self.bn3, res_unit)]
@@ -219,11 +252,11 @@ class ResNet(_Backbone):
 
     def __init__(self, depth=50, in_channels=3, num_stages=4, out_indices=None, style="pytorch",
                  zero_init_residual=True, frozen_stages=-1, norm_eval=False, stem_channels=None,
-                 base_channels=None, small_input=False, rng=None, widths=None):
+                 base_channels=None, small_input=False, norm_cfg=None, rng=None, widths=None):
         if style != "pytorch":
             raise UserError(f"ResNet: only style='pytorch' is supported, got {style!r}")
         rng = rng if rng is not None else np.random.default_rng(0)
-        book = UnitBook(rng, widths)
+        book = UnitBook(rng, widths, norm_layer(norm_cfg))
         if small_input:
             if (depth - 2) % 6:
                 raise UserError(f"small-input ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
@@ -248,7 +281,7 @@ class ResNet(_Backbone):
             self.conv1 = book.conv(None, stem_unit, 3, 1, 1, in_channels=in_channels)
         else:
             self.conv1 = book.conv(None, stem_unit, 7, 2, 3, in_channels=in_channels)
-        self.bn1 = BatchNorm2d(stem_unit.num_channels)
+        self.bn1 = book.norm(stem_unit.num_channels)
         self._ops = [self.conv1, NormGateAct(self.bn1, stem_unit, 0.0)]
         if not small_input:
             self._ops.append(MaxPool2d(3, 2, 1))
@@ -317,11 +350,11 @@ class MobileNetV2(_Backbone):
                 (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
     def __init__(self, widen_factor=1.0, in_channels=3, out_indices=(7,), frozen_stages=-1,
-                 norm_eval=False, rng=None, widths=None):
+                 norm_eval=False, norm_cfg=None, rng=None, widths=None):
         if tuple(out_indices) != (7,):
             raise UserError(f"MobileNetV2: only out_indices=(7,) is supported, got {tuple(out_indices)}")
         rng = rng if rng is not None else np.random.default_rng(0)
-        book = UnitBook(rng, widths)
+        book = UnitBook(rng, widths, norm_layer(norm_cfg))
         self.widen_factor = widen_factor
         stem = book.unit("backbone.conv1.conv", make_divisible(32 * widen_factor, 8))
         self.conv1 = ConvModule(book, None, stem, 3, 2, 1, act_cap=6.0, in_channels=in_channels)

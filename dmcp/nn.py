@@ -242,6 +242,84 @@ class BatchNorm2d(Module):
         return dinp
 
 
+class SyncBatchNorm2d(BatchNorm2d):
+    """BatchNorm2d whose training-mode statistics are those of the whole
+    data-parallel batch (mmcv's ``SyncBN``): forward sums each channel's count,
+    sum and sum of squares over the ranks of the current process group, backward
+    the two gradient sums (of dy and of dy * x_hat), so N ranks with batch B train
+    as one process with batch N*B.  Every rank must run the same training-mode
+    forwards and backwards (each one is a collective); eval mode and a
+    single-process group run BatchNorm2d unchanged.  Sums are float64."""
+
+    def _group(self):
+        if not self.training:
+            return None
+        from . import dist
+        group = dist.current()
+        return group if group is not None and group.world_size > 1 else None
+
+    def forward(self, x, gate=None, act=None):
+        group = self._group()
+        self._sync = None
+        if group is None:
+            return super().forward(x, gate, act)
+        x = _f32(x, "SyncBatchNorm2d input")
+        if x.ndim != 4 or x.shape[1] > self.num_features:
+            raise ValueError(f"SyncBatchNorm2d({self.num_features}) got input of shape {x.shape}")
+        c = x.shape[1]
+        stats = np.empty(2 * c + 1, np.float64)
+        stats[:c] = np.add.reduce(x, axis=(0, 2, 3), dtype=np.float64)
+        stats[c:2 * c] = np.add.reduce(np.square(x), axis=(0, 2, 3), dtype=np.float64)
+        stats[2 * c] = x.shape[0] * x.shape[2] * x.shape[3]
+        group.allreduce_sum(stats)
+        count = stats[2 * c]
+        mean64 = stats[:c] / count
+        var64 = np.maximum(stats[c:2 * c] / count - mean64 * mean64, 0.0)
+        mean, var = mean64.astype(np.float32), var64.astype(np.float32)
+        out = np.empty_like(x)
+        gamma = None if self.weight is None else self.weight.data
+        beta = None if self.bias is None else self.bias.data
+        P, dP, min_ch, group_size = gate if gate is not None else (None, None, 0, 1)
+        epilogue = dict(P=P, min_ch=min_ch, group_size=group_size, act=act)
+        _C.batchnorm_forward_eval(out, x, gamma, beta, mean, var, self.eps, **epilogue)
+        if self.track_running_stats:
+            m = np.float32(self.momentum)
+            unbiased = (var64 * (count / max(count - 1.0, 1.0))).astype(np.float32)
+            self.running_mean[:c] = (1 - m) * self.running_mean[:c] + m * mean
+            self.running_var[:c] = (1 - m) * self.running_var[:c] + m * unbiased
+            self.num_batches_tracked += 1
+        invstd = np.float32(1.0) / np.sqrt(var + np.float32(self.eps))
+        self._cache = (x, mean, invstd, True, dict(epilogue, dP=dP))
+        self._sync = (group, count)
+        return out
+
+    def backward(self, dout):
+        if self._sync is None:
+            return super().backward(dout)
+        group, count = self._sync
+        x, mean, invstd, _, epilogue = self._cache
+        c = x.shape[1]
+        gamma = None if self.weight is None else self.weight.data
+        # through the gate and activation with the statistics held fixed: dinp is
+        # gamma * invstd * dy, and the local sums of dy * x_hat and dy come out
+        sums = np.zeros(2 * c, np.float32)
+        dinp = np.empty_like(x)
+        _C.batchnorm_backward(dinp, sums[:c], sums[c:], _f32(dout, "SyncBatchNorm2d dout"), x,
+                              mean, invstd, gamma, False, False,
+                              beta=None if self.bias is None else self.bias.data, **epilogue)
+        if _grad(self.weight) is not None:
+            self.weight.grad[:c] += sums[:c]
+        if _grad(self.bias) is not None:
+            self.bias.grad[:c] += sums[c:]
+        total = sums.astype(np.float64)
+        group.allreduce_sum(total)
+        # the statistics' share: - gamma * invstd / M * (sum dy + x_hat * sum dy x_hat)
+        scale = (invstd if gamma is None else gamma[:c] * invstd) / np.float32(count)
+        k_dy = (scale * total[c:]).astype(np.float32)[:, None, None]
+        k_x = (scale * invstd * total[:c]).astype(np.float32)[:, None, None]
+        dinp -= k_dy + (x - mean[:, None, None]) * k_x
+        return dinp
+
 class ReLU(Module):
     """max(x, 0), or min(max(x, 0), 6) with ``cap=6`` (ReLU6)."""
 

@@ -386,6 +386,38 @@ def load_subnet(fix_subnet):
     return choices, declared, source
 
 
+def rebase_subnet(fix_subnet, mutator):
+    """A fix-subnet (file or dict) written for another width of the same network,
+    rewritten for ``mutator``'s supernet: unit keys and ``num_channels`` become
+    this supernet's, the choices (absolute channel counts) stay.  mmrazor's
+    converted MobileNetV2 structures carry 1.0x keys with choices searched on a
+    1.5x supernet; this gives the file a 1.5x MobileNetV2 loads.  Every unit must
+    be named, and every choice must fit its new unit."""
+    choices, _, source = load_subnet(fix_subnet)
+    by_name = {u.name: u for u in mutator.units}
+    units, seen = {}, set()
+    for key, width in choices.items():
+        u = by_name.get(key.split("_(0, ")[0])
+        if u is None:
+            raise UserError(f"{source}: unit '{key}' does not exist in this model "
+                            f"(known units: {', '.join(list(by_name)[:4])}, ...)")
+        if not isinstance(width, (int, np.integer)) or isinstance(width, bool) \
+                or not 1 <= width <= u.num_channels:
+            raise UserError(f"{source}: unit '{key}' choice {width!r} does not fit "
+                            f"'{u.name}' (1..{u.num_channels})")
+        seen.add(u.name)
+        units[u.key] = dict(init_args=dict(num_channels=u.num_channels, choice_mode="number",
+                                           divisor=1, min_value=1, min_ratio=0.5),
+                            choice=int(width))
+    missing = [n for n in by_name if n not in seen]
+    if missing:
+        raise UserError(f"{source}: names no width for {len(missing)} unit(s) of this model: "
+                        f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    return dict(type="DMCPChannelMutator",
+                channel_unit_cfg=dict(type="DMCPChannelUnit",
+                                      default_args=dict(choice_mode="number"), units=units))
+
+
 def apply_subnet(mutator, fix_subnet):
     """Load a fix-subnet (file or dict) onto a supernet's units, checking num_channels."""
     choices, declared, source = load_subnet(fix_subnet)

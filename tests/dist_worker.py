@@ -5,6 +5,9 @@
         so that N ranks with batch B and one process with batch N*B compute the same
         gradients; afterwards rank 0 writes WORK_DIR/ranks.json telling whether every
         rank ended with bit-identical weights and alphas.
+    python tests/dist_worker.py sync-bn [train.py args]
+        the same with BatchNorm training as usual (the config asks for SyncBN), and
+        the same ranks.json.
     python tests/dist_worker.py fail-raise|fail-kill [train.py args]
         tools/train.py where rank 1 raises (or is killed by SIGKILL) at its second step.
     python tests/dist_worker.py collectives
@@ -31,6 +34,10 @@ def _work_dir(argv):
 
 def frozen_bn(argv):
     BatchNorm2d.training = property(lambda self: False, lambda self, mode: None)
+    return train_and_compare_ranks(argv)
+
+
+def train_and_compare_ranks(argv):
     import dmcp.runner as runner_mod
     made = []
     orig_init = runner_mod.Runner.__init__
@@ -126,6 +133,8 @@ if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "frozen-bn":
         sys.exit(frozen_bn(args))
+    if mode == "sync-bn":
+        sys.exit(train_and_compare_ranks(args))
     if mode in ("fail-raise", "fail-kill"):
         sys.exit(fail(args, mode[len("fail-"):]))
     sys.exit(f"dist_worker.py: unknown mode {mode!r}")

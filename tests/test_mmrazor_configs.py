@@ -209,3 +209,51 @@ def test_slurm_train_sh_refuses_a_bad_gpus(tmp_path):
                        capture_output=True, text=True, env=e, timeout=60)
     assert r.returncode == 2 and r.stdout == ""
     assert "slurm_train.sh: GPUS must be a positive integer, got '8x'" in r.stderr
+
+
+def test_published_mbv2_structure_retrains_on_the_1p5x_supernet(at_root):
+    """The authors searched MobileNetV2 on 1.5x: configs/dmcp_mbv2_1.5x_subnet.py builds
+    mmrazor's 100M structure (rebased to the 1.5x unit keys, choices unchanged) at
+    every width the file asks for, and the shipped file is what rebase_subnet makes."""
+    from dmcp.units import Mutator, rebase_subnet
+    cfg = load_config("configs/dmcp_mbv2_1.5x_subnet.py", [])
+    net = dmcp.build_model(cfg.model)
+    want = {k.split("_(0, ")[0]: v["choice"] for k, v in
+            json.load(open(MBV2_100M))["channel_unit_cfg"]["units"].items()}
+    assert {u.name: u.num_channels for u in net.units.values()} == want
+    assert dmcp.count_flops(net, (3, 224, 224))["flops"] == 85_424_809
+    supernet = dmcp.build_model(load_config("configs/dmcp_mbv2_1.5x_supernet.py", []).model)
+    assert round(supernet.expected_mflops()) == 673
+    rebased = rebase_subnet(MBV2_100M, Mutator(dmcp.build_model(cfg.model.cfg)))
+    assert rebased == json.load(open("configs/mmrazor/DMCP_MBV2_100M_1.5x.json"))
+    # a structure of another network is refused by name
+    with pytest.raises(UserError, match="does not exist in this model"):
+        rebase_subnet(R50_2G, Mutator(dmcp.build_model(cfg.model.cfg)))
+
+
+def test_resnet18_configs_search_space_and_subnet(tmp_path, at_root):
+    cfg = load_config("configs/dmcp_resnet18_supernet.py", [])
+    assert cfg.model.target_flops == 1040
+    model = dmcp.build_model(cfg.model)
+    assert round(model.expected_mflops()) == 1814
+    model.mutator.set_widths("min")
+    fix = tmp_path / "min.json"
+    fix.write_text(json.dumps(model.mutator.export_subnet((1, 3, 224, 224))))
+    sub = load_config("configs/dmcp_resnet18_subnet.py", [f"model.fix_subnet={fix}"])
+    net = dmcp.build_model(sub.model)
+    assert net.units["backbone.conv1"].num_channels == model.mutator.units[0].width
+    assert dmcp.count_flops(net, (3, 224, 224))["flops"] < 0.2 * 1814e6
+
+
+@pytest.mark.parametrize("config", ["dmcp_resnet50_supernet.py", "dmcp_mbv2_supernet.py",
+                                    "dmcp_resnet18_supernet.py", "dmcp_mbv2_1.5x_supernet.py",
+                                    "dmcp_resnet50_subnet.py", "dmcp_mbv2_1.5x_subnet.py"])
+def test_imagenet_configs_use_syncbn(config):
+    from dmcp.nn import SyncBatchNorm2d
+    cfg = load_config(os.path.join(ROOT, "configs", config), [])
+    arch = cfg.model.get("architecture") or cfg.model.get("cfg")
+    assert arch["backbone"]["norm_cfg"] == dict(type="SyncBN")
+    if "fix_subnet" not in cfg.model or os.path.exists(os.path.join(ROOT, cfg.model.fix_subnet)):
+        net = dmcp.build_model(dict(arch))
+        assert all(type(m) is SyncBatchNorm2d for _, m in net.named_modules()
+                   if "BatchNorm" in type(m).__name__)

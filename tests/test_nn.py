@@ -208,3 +208,99 @@ def test_relu6_dropout_and_input_checks():
         nn.Conv2d(3, 4, 3)(x.astype(np.float64))
     with pytest.raises(ValueError, match="labels"):
         nn.CrossEntropyLoss()(np.zeros((2, 3), f32), np.zeros(3, np.int64))
+
+
+class _ThreadRanks:
+    """A process group whose ranks are threads: allreduce_sum sums over them."""
+
+    def __init__(self, world_size):
+        import threading
+        self.world_size = world_size
+        self._barrier = threading.Barrier(world_size)
+        self._parts = [None] * world_size
+        self.local = threading.local()
+
+    def allreduce_sum(self, array):
+        self._parts[self.local.rank] = array.copy()
+        self._barrier.wait()
+        total = np.sum(self._parts, axis=0)
+        self._barrier.wait()
+        array[...] = total
+        return array
+
+
+@pytest.mark.parametrize("epilogue", ["plain", "gate+relu6"])
+def test_syncbn_over_ranks_equals_one_batch_norm(epilogue, close, monkeypatch):
+    """SyncBN on 3 thread-ranks with a third of the batch each == BatchNorm2d on the
+    whole batch (the reference tested against PyTorch): outputs, input gradients,
+    summed parameter and gate gradients, running statistics; on a sliced input
+    (5 of 8 channels), and at full width through a Markov gate and ReLU6."""
+    import threading
+    from dmcp import dist
+    rng = np.random.default_rng(7)
+    x = rng.normal(1.5, 2.0, (6, 5 if epilogue == "plain" else 8, 4, 3)).astype(np.float32)
+    dy = rng.normal(0.0, 1.0, x.shape).astype(np.float32)
+    gamma = rng.normal(1.0, 0.3, 8).astype(np.float32)
+    beta = rng.normal(0.2, 0.3, 8).astype(np.float32)
+    P = np.array([1.0, 0.8, 0.5], np.float32)            # min_ch 2, group_size 2 (blocks of 2)
+
+    def make(cls):
+        bn = cls(8)
+        bn.weight.data[...] = gamma
+        bn.bias.data[...] = beta
+        return bn
+
+    def run(bn, xs, dys):
+        kw = {}
+        dP = np.zeros_like(P)
+        if epilogue != "plain":
+            kw = dict(gate=(P, dP, 2, 2), act=6.0)
+        y = bn.forward(xs, **kw)
+        return y, bn.backward(dys), dP
+
+    ref = make(nn.BatchNorm2d)
+    y, dx, dP = run(ref, x, dy)
+    group = _ThreadRanks(3)
+    monkeypatch.setattr(dist, "_group", group)
+    mods = [make(nn.SyncBatchNorm2d) for _ in range(3)]
+    got = [None] * 3
+
+    def rank(r):
+        group.local.rank = r
+        got[r] = run(mods[r], x[2 * r:2 * r + 2].copy(), dy[2 * r:2 * r + 2].copy())
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(g is not None for g in got)
+    close(np.concatenate([g[0] for g in got]), y, "syncbn forward", 1e-5, 1e-6)
+    close(np.concatenate([g[1] for g in got]), dx, "syncbn backward", 1e-5, 1e-6)
+    close(sum(g[2] for g in got), dP, "syncbn gate grad", 1e-5, 1e-6)
+    close(sum(m.weight.grad for m in mods), ref.weight.grad, "syncbn dgamma", 1e-5, 1e-6)
+    close(sum(m.bias.grad for m in mods), ref.bias.grad, "syncbn dbeta", 1e-5, 1e-6)
+    for m in mods:
+        close(m.running_mean, ref.running_mean, "syncbn running stats", 1e-6, 1e-7)
+        close(m.running_var, ref.running_var, "syncbn running stats", 1e-6, 1e-7)
+        assert int(m.num_batches_tracked) == 1
+    # eval mode and a single-process group never communicate
+    monkeypatch.setattr(dist, "_group", None)
+    solo = make(nn.SyncBatchNorm2d)
+    np.testing.assert_array_equal(solo.forward(x), make(nn.BatchNorm2d).forward(x))
+
+
+def test_norm_cfg_builds_the_named_layer():
+    from dmcp.models import ResNet, norm_layer
+    from dmcp.config import UserError
+    net = ResNet(depth=20, small_input=True, in_channels=1,
+                 norm_cfg=dict(type="SyncBN", requires_grad=True, eps=1e-3, momentum=0.05))
+    bns = [m for _, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(type(m) is nn.SyncBatchNorm2d and m.eps == 1e-3 and m.momentum == 0.05
+                       for m in bns)
+    frozen = norm_layer(dict(type="BN", requires_grad=False))(4)
+    assert type(frozen) is nn.BatchNorm2d and not frozen.weight.requires_grad
+    for bad, says in [(dict(type="GN"), "'GN' is not one of"), (dict(type="SynBN"), "SyncBN"),
+                      (dict(type="BN", eps=-1), "eps=-1"), (dict(type="BN", momentun=0.1), "momentun"),
+                      (dict(type="BN", requires_grad="no"), "requires_grad")]:
+        with pytest.raises(UserError, match=says):
+            norm_layer(bad)

@@ -136,7 +136,8 @@ def _synthetic(cfg, channels, size, samples, batch):
     cfg["default_hooks"] = dict(checkpoint=dict(interval=1), logger=dict(interval=1))
 
 
-@pytest.mark.parametrize("config", ["dmcp_resnet50_supernet.py", "dmcp_mbv2_supernet.py"])
+@pytest.mark.parametrize("config", ["dmcp_resnet50_supernet.py", "dmcp_mbv2_supernet.py",
+                                    "dmcp_resnet18_supernet.py", "dmcp_mbv2_1.5x_supernet.py"])
 def test_shipped_imagenet_configs_search(config, tmp_path):
     """The published settings (exp probabilities, Adam lr 0.5, log_l1 weight 0.1) on a
     few 64 px synthetic images, arch steps from the first iteration, the target
