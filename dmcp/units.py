@@ -328,7 +328,8 @@ def wider_hint(width, num_channels):
     """What a choice above its unit's channels usually means."""
     if isinstance(width, (int, np.integer)) and width > num_channels:
         return ("; was the structure searched on a wider supernet? (mmrazor's published "
-                "MobileNetV2 structures need MobileNetV2 widen_factor=1.5)")
+                "MobileNetV2 structures need MobileNetV2 widen_factor=1.5: "
+                "configs/dmcp_mbv2_1.5x_subnet.py retrains the 100M one)")
     return ""
 
 
