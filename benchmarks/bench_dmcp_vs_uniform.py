@@ -1,12 +1,27 @@
-"""Does DMCP earn its keep?  The DMCP-pruned network against a uniformly thinned
-network of the same FLOPs (within 2%), both retrained from scratch with the same
-schedule, over several seeds.  Appends a section to benchmarks/RESULTS.md.
+"""Does DMCP earn its keep?  At several FLOPs budgets, the structure a DMCP
+search finds against a uniformly thinned network and against random
+structures from the same space, all at matched FLOPs (within 1%) and retrained
+from scratch with the same schedule, over several seeds, on Fashion-MNIST.
 
-    python benchmarks/bench_dmcp_vs_uniform.py \
-        --fix-subnet work_dirs/pipeline/supernet/model_sample/expected_ch.json \
-        --seeds 0 1 2 [--cfg-options train_cfg.max_epochs=4 ...]
+    python benchmarks/bench_dmcp_vs_uniform.py [--net resnet20|resnet56]
+        [--budgets 0.5 0.25 0.12] [--seeds 0 1 2 3 4] [--retrain-images N]
+        [--work-dir DIR] [--report-only]
 
-Without --fix-subnet it first runs the default supernet search.
+For each budget b (a fraction of the supernet's FLOPs):
+- DMCP: the supernet search of configs/dmcp_resnet20_fmnist_supernet.py (depth
+  changed for resnet56) with target_flops = b x supernet FLOPs; its
+  expected_ch.json is the DMCP structure (its FLOPs set the match for the rest);
+- uniform: every unit at round(r x C) channels, r found by bisection;
+- random: per seed, a random direction d_u ~ U(0, 1) per unit and widths
+  min_u + t d_u (C_u - min_u), t found by bisection, so the structure lies in
+  the search space (each unit between its minimum and full width);
+then every structure is retrained with configs/dmcp_resnet20_fmnist_subnet.py
+(3 epochs) for each seed and scored on the 10,000 test images.  Every result is
+appended to DIR/results.jsonl as it comes, and a rerun skips what is there,
+so the experiment can be grown over several sessions.  The report (stdout,
+DIR/report.md, benchmarks/dmcp_vs_uniform.png) gives per budget the mean
+top-1 of each structure and the paired differences DMCP - uniform and
+DMCP - random with their standard errors.
 """
 import argparse
 import json
@@ -18,99 +33,260 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from dmcp.algorithm import build_classifier  # noqa: E402
-from dmcp.cli import load_config  # noqa: E402
+from dmcp.config import load_config  # noqa: E402
 from dmcp.flops import count_flops  # noqa: E402
 from dmcp.runner import Runner  # noqa: E402
 from dmcp.units import Mutator, load_subnet  # noqa: E402
 
 SUPERNET = os.path.join(ROOT, "configs", "dmcp_resnet20_fmnist_supernet.py")
 SUBNET = os.path.join(ROOT, "configs", "dmcp_resnet20_fmnist_subnet.py")
+SHAPE = (1, 28, 28)
+MATCH = 0.01                 # uniform and random structures within 1% of DMCP's FLOPs
+STRUCTURES = ("dmcp", "uniform", "random")
 
 
-def uniform_subnet(supernet_cfg, target_macs, shape):
-    """Every unit at round(r * C) channels, r found by bisection so FLOPs match the target."""
-    net = build_classifier(supernet_cfg)
-    mut = Mutator(net)
-    lo, hi = 0.05, 1.0
-    for _ in range(30):
-        r = (lo + hi) / 2
-        if _flops_at(mut, net, r, shape) > target_macs:
-            hi = r
-        else:
-            lo = r
-    best = min((lo, hi), key=lambda v: abs(_flops_at(mut, net, v, shape) - target_macs))
-    f = _flops_at(mut, net, best, shape)
-    return mut.export_subnet((1,) + tuple(shape)), f, best
+def net_options(net):
+    depth = {"resnet20": 20, "resnet56": 56}[net]
+    return [f"model.architecture.backbone.depth={depth}", f"supernet.backbone.depth={depth}"]
 
 
-def _flops_at(mut, net, r, shape):
-    for u in mut.units:
-        u.set_width(max(1, int(round(r * u.num_channels))))
-    return count_flops(net, shape)["flops"]
+class Space:
+    """The supernet's units and a FLOPs count of any width assignment."""
+
+    def __init__(self, net):
+        cfg = load_config(SUPERNET, net_options(net))
+        self.cfg = cfg
+        self.net = build_classifier(cfg.supernet)
+        self.mut = Mutator(self.net, pruning_cfg=tuple(cfg.model.mutator_cfg.pruning_cfg))
+        self.full = self.flops({u.name: u.num_channels for u in self.mut.units})
+
+    def flops(self, widths):
+        for u in self.mut.units:
+            u.set_width(widths[u.name])
+        return count_flops(self.net, SHAPE)["flops"]
+
+    def export(self, widths):
+        for u in self.mut.units:
+            u.set_width(widths[u.name])
+        return self.mut.export_subnet((1,) + SHAPE)
+
+    def matched(self, width_at, target, lower=None):
+        """Bisection on t in [0, 1] for width_at(t) (monotone) to hit target FLOPs."""
+        lo, hi = 0.0, 1.0
+        best = None
+        for _ in range(40):
+            t = (lo + hi) / 2
+            w = width_at(t)
+            f = self.flops(w)
+            if best is None or abs(f - target) < abs(best[1] - target):
+                best = (w, f)
+            if f > target:
+                hi = t
+            else:
+                lo = t
+        w, f = self.refine(*best, target, lower)
+        if abs(f - target) > MATCH * target:
+            return None
+        return w, f
+
+    def refine(self, widths, f, target, lower=None):
+        """Single-channel steps (the one that lands closest to the target first)
+        until the FLOPs are within MATCH of the target: bisection on a shared
+        factor moves several units at once, too coarse for narrow nets."""
+        lower = lower or {u.name: 1 for u in self.mut.units}
+        for _ in range(64):
+            if abs(f - target) <= MATCH * target:
+                break
+            step = -1 if f > target else 1
+            best = None
+            for u in self.mut.units:
+                w = widths[u.name] + step
+                if not lower[u.name] <= w <= u.num_channels:
+                    continue
+                trial = dict(widths, **{u.name: w})
+                g = self.flops(trial)
+                if best is None or abs(g - target) < abs(best[1] - target):
+                    best = (trial, g)
+            if best is None or abs(best[1] - target) >= abs(f - target):
+                break
+            widths, f = best
+        return widths, f
+
+    def uniform(self, target):
+        units = self.mut.units
+
+        def at(t):
+            r = 0.05 + 0.95 * t
+            return {u.name: max(1, min(u.num_channels, int(round(r * u.num_channels))))
+                    for u in units}
+        got = self.matched(at, target)
+        if got is None:
+            raise SystemExit(f"uniform width cannot match {target / 1e6:.3f} MFLOPs within 1%")
+        return got
+
+    def random(self, target, seed):
+        rng = np.random.default_rng(10_000 + seed)
+        units = self.mut.units
+        for _ in range(100):
+            d = {u.name: rng.uniform(0.0, 1.0) for u in units}
+            scale = 1.0 / max(d.values())
+
+            def at(t):
+                return {u.name: u.min_ch + int(round(min(1.0, t * scale * d[u.name])
+                                                     * (u.num_channels - u.min_ch)))
+                        for u in units}
+            got = self.matched(at, target, {u.name: u.min_ch for u in units})
+            if got is not None and self.flops(at(0.0)) <= target:
+                return got
+        raise SystemExit(f"no random structure matched {target / 1e6:.3f} MFLOPs in 100 draws")
 
 
-def retrain(fix_subnet, seed, work_dir, options):
-    cfg = load_config(SUBNET, options + [f"model.fix_subnet={fix_subnet}", f"randomness.seed={seed}"])
-    runner = Runner(cfg, work_dir=work_dir)
+def load_results(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def search(space, net, budget, work_dir, search_images):
+    """The DMCP structure for this budget (a supernet search, done once)."""
+    out = os.path.join(work_dir, "search")
+    fix = os.path.join(out, "model_sample", "expected_ch.json")
+    if not os.path.exists(fix):
+        target = budget * space.full / 1e6
+        opts = net_options(net) + [f"model.target_flops={target:.4f}",
+                                   f"train_dataloader.dataset.indices={search_images}"]
+        t0 = time.time()
+        Runner(load_config(SUPERNET, opts), work_dir=out).train()
+        print(f"search {net} budget {budget}: {time.time() - t0:.0f} s", flush=True)
+    choices, _, _ = load_subnet(fix)
+    names = {u.key: u.name for u in space.mut.units}
+    return {names.get(k, k): v for k, v in choices.items()}, fix
+
+
+def retrain(net, fix_subnet, seed, work_dir, images):
+    opts = [f"model.fix_subnet={fix_subnet}", f"randomness.seed={seed}",
+            f"model.cfg.backbone.depth={net_options(net)[0].rsplit('=', 1)[1]}"]
+    if images:
+        opts.append(f"train_dataloader.dataset.indices={images}")
+    runner = Runner(load_config(SUBNET, opts), work_dir=work_dir)
     runner.train()
     return runner.evaluate(runner.val_loader, progress="test")["accuracy/top1"]
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--fix-subnet")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--work-dir", default="work_dirs/bench_dmcp_vs_uniform")
-    p.add_argument("--cfg-options", nargs="+", default=[], help="applied to the retraining config")
-    args = p.parse_args()
-    t0 = time.time()
-    fix = args.fix_subnet
-    if fix is None:
-        scfg = load_config(SUPERNET)
-        search = Runner(scfg, work_dir=os.path.join(args.work_dir, "supernet"))
-        search.train()
-        fix = os.path.join(args.work_dir, "supernet", "model_sample", "expected_ch.json")
-    scfg = load_config(SUPERNET)
-    shape = (1, 28, 28)
-    net = build_classifier(scfg.supernet)
-    mut = Mutator(net)
-    choices, _, _ = load_subnet(fix)
-    mut.apply_choices(choices)
-    dmcp_flops = count_flops(net, shape)["flops"]
-    uni, uni_flops, ratio = uniform_subnet(scfg.supernet, dmcp_flops, shape)
+def run(args):
+    space = Space(args.net)
+    results_path = os.path.join(args.work_dir, "results.jsonl")
     os.makedirs(args.work_dir, exist_ok=True)
-    uni_path = os.path.join(args.work_dir, "uniform.json")
-    with open(uni_path, "w") as f:
-        json.dump(uni, f, indent=2)
-    gap = abs(uni_flops - dmcp_flops) / dmcp_flops
-    print(f"DMCP subnet {dmcp_flops / 1e6:.3f} MFLOPs, uniform x{ratio:.3f} {uni_flops / 1e6:.3f} MFLOPs "
-          f"({100 * gap:.2f}% apart)")
-    if gap > 0.02:
-        raise SystemExit("uniform net could not be matched within 2% FLOPs")
-    results = {"dmcp": [], "uniform": []}
+    done = {(r["net"], r["budget"], r["structure"], r["seed"]) for r in load_results(results_path)}
+    plan = {}
+    for budget in args.budgets:                 # every search first, then the seeds
+        bdir = os.path.join(args.work_dir, args.net, f"b{budget:g}")
+        widths, fix = search(space, args.net, budget, bdir, args.search_images)
+        target = space.flops(widths)
+        plan[budget] = (bdir, target, {"dmcp": (widths, target), "uniform": space.uniform(target)})
     for seed in args.seeds:
-        for name, path in (("dmcp", fix), ("uniform", uni_path)):
-            top1 = retrain(path, seed, os.path.join(args.work_dir, f"{name}_seed{seed}"),
-                              args.cfg_options)
-            results[name].append(top1)
-            print(f"seed {seed} {name}: top-1 {top1:.2f}")
-    lines = ["", "## DMCP-pruned vs uniformly thinned ResNet-20 on Fashion-MNIST", "",
-             f"Command: `python benchmarks/bench_dmcp_vs_uniform.py --fix-subnet {fix} --seeds "
-             f"{' '.join(map(str, args.seeds))}"
-             + (f" --cfg-options {' '.join(args.cfg_options)}" if args.cfg_options else "") + "`", "",
-             f"Supernet 31.02 MFLOPs. DMCP subnet {dmcp_flops / 1e6:.3f} MFLOPs; uniform width x{ratio:.3f}: "
-             f"{uni_flops / 1e6:.3f} MFLOPs ({100 * gap:.2f}% apart). Same retraining schedule "
-             f"(configs/dmcp_resnet20_fmnist_subnet.py), seeds {args.seeds}, test set top-1 (10,000 images).",
-             "", "| net | MFLOPs | top-1 per seed | mean | std |", "|---|---|---|---|---|"]
-    for name, f in (("DMCP", dmcp_flops), ("uniform", uni_flops)):
-        acc = results[name.lower()]
-        lines.append(f"| {name} | {f / 1e6:.3f} | {', '.join(f'{a:.2f}' for a in acc)} | "
-                     f"{np.mean(acc):.2f} | {np.std(acc, ddof=1) if len(acc) > 1 else 0:.2f} |")
-    lines.append(f"\nWall time {time.time() - t0:.0f} s on this machine.")
+        for budget in args.budgets:
+            bdir, target, structures = plan[budget]
+            for name in STRUCTURES:
+                if (args.net, budget, name, seed) in done:
+                    continue
+                w, f = structures[name] if name != "random" else space.random(target, seed)
+                path = os.path.join(bdir, f"{name}.json" if name != "random" else f"random_s{seed}.json")
+                with open(path, "w") as fh:
+                    json.dump(space.export(w), fh, indent=1)
+                t0 = time.time()
+                top1 = retrain(args.net, path, seed, os.path.join(bdir, f"{name}_s{seed}"),
+                               args.retrain_images)
+                rec = dict(net=args.net, budget=budget, structure=name, seed=seed,
+                           mflops=f / 1e6, full_mflops=space.full / 1e6, top1=top1,
+                           retrain_images=args.retrain_images or 60000,
+                           widths=[w[u.name] for u in space.mut.units],
+                           seconds=round(time.time() - t0, 1))
+                with open(results_path, "a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+                print(f"{args.net} b{budget:g} {name:7s} seed {seed}: {f / 1e6:.3f} MFLOPs "
+                      f"top-1 {top1:.2f} ({rec['seconds']:.0f} s)", flush=True)
+
+
+def report(args):
+    recs = [r for r in load_results(os.path.join(args.work_dir, "results.jsonl"))
+            if r["net"] == args.net]
+    if not recs:
+        raise SystemExit(f"no results for {args.net} in {args.work_dir}/results.jsonl")
+    lines = [f"{args.net} on Fashion-MNIST, supernet {recs[0]['full_mflops']:.2f} MFLOPs; "
+             f"retrained on {recs[0]['retrain_images']} images, 3 epochs; test top-1 (%)", "",
+             "| budget | structure | MFLOPs | seeds | top-1 mean | std | paired diff. DMCP - this (mean +- s.e.) |",
+             "|---|---|---|---|---|---|---|"]
+    plot = {}
+    for budget in sorted({r["budget"] for r in recs}, reverse=True):
+        by = {s: {r["seed"]: r for r in recs if r["budget"] == budget and r["structure"] == s}
+              for s in STRUCTURES}
+        for s in STRUCTURES:
+            runs = by[s]
+            if not runs:
+                continue
+            acc = np.array([runs[k]["top1"] for k in sorted(runs)])
+            mf = np.mean([runs[k]["mflops"] for k in runs])
+            diff = ""
+            if s != "dmcp":
+                common = sorted(set(runs) & set(by["dmcp"]))
+                d = np.array([by["dmcp"][k]["top1"] - runs[k]["top1"] for k in common])
+                if len(d) > 1:
+                    diff = f"{d.mean():+.2f} +- {d.std(ddof=1) / np.sqrt(len(d)):.2f} (n={len(d)})"
+                elif len(d):
+                    diff = f"{d[0]:+.2f} (n=1)"
+            std = acc.std(ddof=1) if len(acc) > 1 else 0.0
+            lines.append(f"| {budget:.0%} | {s} | {mf:.3f} | {len(acc)} | {acc.mean():.2f} | "
+                         f"{std:.2f} | {diff} |")
+            plot.setdefault(s, []).append((mf, acc.mean(), std / np.sqrt(len(acc))))
     text = "\n".join(lines) + "\n"
     print(text)
-    with open(os.path.join(ROOT, "benchmarks", "RESULTS.md"), "a") as f:
+    with open(os.path.join(args.work_dir, f"report_{args.net}.md"), "w") as f:
         f.write(text)
+    _draw(plot, args, recs[0]["full_mflops"])
+
+
+def _draw(plot, args, full):
+    from dmcp.plots import _plt
+    plt = _plt()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    styles = {"dmcp": ("#4c72b0", "o", "DMCP (expected_ch)"), "uniform": ("#dd8452", "s", "uniform width"),
+              "random": ("#55a868", "^", "random structure")}
+    for s, pts in plot.items():
+        pts.sort()
+        c, m, label = styles[s]
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
+                    color=c, marker=m, capsize=3, label=label)
+    ax.set_xlabel(f"MFLOPs (supernet {full:.1f})")
+    ax.set_ylabel("test top-1 (%), mean +- s.e. over seeds")
+    ax.set_title(f"{args.net} on Fashion-MNIST: structures at matched FLOPs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(ROOT, "benchmarks", f"dmcp_vs_uniform_{args.net}.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"plot: {path}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--net", choices=("resnet20", "resnet56"), default="resnet20")
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25, 0.12])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--search-images", type=int, default=18000,
+                   help="training images the supernet search sees (18000, as the config)")
+    p.add_argument("--retrain-images", type=int, default=0,
+                   help="training images for each retraining (0: all 60,000)")
+    p.add_argument("--work-dir", default=os.path.join(ROOT, "work_dirs", "bench_dmcp_vs_uniform"))
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args()
+    if not args.report_only:
+        run(args)
+    report(args)
 
 
 if __name__ == "__main__":
