@@ -6,8 +6,8 @@ import warnings
 
 import numpy as np
 
-from .config import _plain, check_keys, signature_keys
-from .models import ImageClassifier, _strip_scope
+from .config import _plain, build, check_keys, signature_keys, strip_scope
+from .models import ImageClassifier
 from .nn import KLDivergence
 from .units import (PROB_TYPES, Mutator, Rounding, UserError, apply_subnet, budget_loss, cfg_number,
                     load_subnet, wider_hint)
@@ -15,17 +15,10 @@ from .units import (PROB_TYPES, Mutator, Rounding, UserError, apply_subnet, budg
 STRATEGIES = ("max", "min", "random", "direct", "scheduled_random", "arch_random")
 
 
-def build_classifier(cfg, seed=0, widths=None):
-    cfg = _plain(cfg)
-    t = _strip_scope(cfg.pop("type", "ImageClassifier"))
-    if t != "ImageClassifier":
-        raise UserError(f"architecture type {t!r} is not ImageClassifier")
-    cfg.pop("_scope_", None)
-    check_keys("ImageClassifier", cfg, ("backbone", "neck", "head", "data_preprocessor", "init_cfg",
-                                         "train_cfg", "pretrained"))
-    if "backbone" not in cfg:
-        raise UserError("ImageClassifier: 'backbone' is required")
-    return ImageClassifier(seed=seed, widths=widths, **cfg)
+def build_classifier(cfg, seed=0, widths=None, where="architecture"):
+    """An ImageClassifier from its config dict; ``widths`` (unit name -> width) prunes it."""
+    return build({"ImageClassifier": ImageClassifier}, _plain(cfg), where, what="architecture",
+                 default="ImageClassifier", seed=seed, widths=widths)
 
 
 def demo_input_shape(mutator_cfg, default=(3, 224, 224)):
@@ -235,7 +228,7 @@ def distill_settings(distiller):
     if not isinstance(distiller, dict):
         raise UserError(f"{where}: expected dict(type='ConfigurableDistiller', ...), got {distiller!r}")
     cfg = dict(distiller)
-    t = _strip_scope(cfg.pop("type", None))
+    t = strip_scope(cfg.pop("type", None))
     if t != "ConfigurableDistiller":
         raise UserError(f"{where}: type {t!r} is not supported; dmcp runs mmrazor's in-place "
                         f"distillation, type='ConfigurableDistiller' with a KLDivergence loss")
@@ -248,7 +241,7 @@ def distill_settings(distiller):
     (name, loss), = losses.items()
     where = f"{where}.distill_losses.{name}"
     loss = dict(loss)
-    lt = _strip_scope(loss.pop("type", None))
+    lt = strip_scope(loss.pop("type", None))
     if lt != "KLDivergence":
         raise UserError(f"{where}: loss type {lt!r} is not supported (KLDivergence)")
     check_keys(f"{where} (KLDivergence)", loss, ("tau", "loss_weight", "reduction",
@@ -271,34 +264,32 @@ SUB_MODEL_KEYS = ("cfg", "fix_subnet", "mode", "prefix", "extra_prefix",
                   "init_weight_from_supernet", "init_cfg", "data_preprocessor", "_scope_")
 
 
-def sub_model_args(cfg):
-    """A sub_model dict's own keys, without its type.  mmrazor's subnet configs write
-    ``model = dict(type='sub_model', cfg=_base_.supernet, ...)`` over a DMCP supernet
-    config without ``_delete_=True``, so the base's DMCP keys (architecture,
-    target_flops, ...) are merged in, and mmrazor's sub_model swallows them; so does
-    this, for exactly DMCP's own parameters.  Any other unknown key fails, with a
-    did-you-mean against sub_model's keys."""
-    inherited = set(signature_keys(DMCP.__init__, ("seed",))) - set(SUB_MODEL_KEYS)
-    own = {k: v for k, v in cfg.items() if k != "type" and k not in inherited}
-    check_keys("sub_model", own, SUB_MODEL_KEYS)
-    return own
+def sub_model(cfg, fix_subnet, mode="mutator", prefix="", extra_prefix="",
+              init_weight_from_supernet=False, init_cfg=None, data_preprocessor=None, seed=0,
+              **inherited):
+    """mmrazor's sub_model: the supernet ``cfg`` built at ``fix_subnet``'s widths.
+    mmrazor's subnet configs write ``model = dict(type='sub_model', cfg=_base_.supernet,
+    ...)`` over a DMCP supernet config without ``_delete_=True``, so the base's DMCP
+    keys (architecture, target_flops, ...) are merged in, and mmrazor's sub_model
+    swallows them; so does this, for exactly DMCP's own parameters.  Any other
+    unknown key fails, with a did-you-mean against sub_model's keys."""
+    dmcp_keys = set(signature_keys(DMCP.__init__, ("seed",))) - set(SUB_MODEL_KEYS)
+    check_keys("sub_model", [k for k in inherited if k not in dmcp_keys], SUB_MODEL_KEYS)
+    return build_pruned(cfg, fix_subnet, seed)
+
+
+def image_classifier(seed=0, **cfg):
+    return build_classifier(cfg, seed, where="model")
+
+
+MODELS = {"ImageClassifier": image_classifier, "DMCP": DMCP, "DMCPDDP": DMCP,
+          "sub_model": sub_model}
 
 
 def build_algorithm_model(cfg, seed=0):
     """ImageClassifier, DMCP or sub_model from a config dict."""
-    cfg = _plain(cfg)
-    t = _strip_scope(cfg.get("type", "ImageClassifier"))
-    if t == "ImageClassifier":
-        return build_classifier(cfg, seed)
-    if t in ("DMCP", "DMCPDDP"):
-        cfg.pop("type")
-        return DMCP(seed=seed, **cfg)
-    if t == "sub_model":
-        cfg = sub_model_args(cfg)
-        if "cfg" not in cfg or "fix_subnet" not in cfg:
-            raise UserError("sub_model needs 'cfg' (the supernet) and 'fix_subnet'")
-        return build_pruned(cfg["cfg"], cfg["fix_subnet"], seed)
-    raise UserError(f"model type {t!r} is not one of ImageClassifier, DMCP, sub_model")
+    return build(MODELS, _plain(cfg), "model", what="model", default="ImageClassifier",
+                 seed=seed)
 
 
 # ---------------------------------------------------------------- training steps

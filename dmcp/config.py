@@ -42,7 +42,7 @@ except ImportError:  # PyYAML is only needed for .yaml configs
     yaml = None
 
 __all__ = ["UserError", "ConfigError", "ConfigDict", "Config", "parse_cfg_options", "check_option_keys",
-           "check_keys", "signature_keys", "RUNTIME_KEYS", "load_config"]
+           "check_keys", "signature_keys", "strip_scope", "build", "RUNTIME_KEYS", "load_config"]
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
@@ -105,6 +105,57 @@ def signature_keys(func, internal=()):
     return [name for name, p in inspect.signature(func).parameters.items()
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
             and name != "self" and name not in internal]
+
+
+# ---------------------------------------------------------------------------
+# Registries: one builder for every kind of object a config names
+# ---------------------------------------------------------------------------
+
+def strip_scope(name):
+    """A type name without its mmengine scope: ``mmcls.LabelSmoothLoss`` and
+    ``mmrazor.DMCPDDP`` name dmcp's ``LabelSmoothLoss`` and ``DMCPDDP``."""
+    return name.split(".")[-1] if isinstance(name, str) else name
+
+
+def build(registry, cfg, where, *args, what="", default=None, internal=(), **kwargs):
+    """``registry[type](*args, **cfg, **kwargs)``: mmengine's ``build_from_cfg``, strict.
+
+    ``registry`` maps type names to classes or factory functions; ``cfg`` is a dict
+    whose ``type`` (``default`` when it has none) may carry a scope, as may a
+    ``_scope_`` key: both are ignored.  An unknown type is a UserError naming
+    ``where`` with a did-you-mean and the known types (``what`` says what kind of
+    type: "loss", "dataset", ...).  Every other key must be a parameter of the
+    factory that neither the positional ``args`` nor the builder's ``kwargs``
+    fill and that is not ``internal`` (left to the factory's default), and every
+    parameter without a default must be given; both mistakes
+    name ``where (type)`` and the key.  A factory with a ``where`` parameter
+    gets ``'where (type)'`` for its own messages; one taking ``**kwargs``
+    checks the keys they swallow itself."""
+    if not isinstance(cfg, dict):
+        raise UserError(f"{where}: expected a dict(type=...), got {cfg!r}")
+    cfg = dict(cfg)
+    cfg.pop("_scope_", None)
+    kind = strip_scope(cfg.pop("type", default))
+    what = f"{what} type" if what else "type"
+    if kind is None:
+        raise UserError(f"{where}: missing 'type' (one of {', '.join(sorted(registry))})")
+    if not isinstance(kind, str) or kind not in registry:
+        raise UserError(f"{where}: unknown {what} {kind!r}{_did_you_mean(kind, registry)}; "
+                        f"known: {', '.join(sorted(registry))}")
+    factory = registry[kind]
+    where = f"{where} ({kind})"
+    params = [p for p in inspect.signature(factory).parameters.values() if p.name != "self"]
+    if any(p.name == "where" for p in params):
+        kwargs["where"] = where
+    filled = set(kwargs) | set(internal) | {p.name for p in params[:len(args)]}
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+             and p.name not in filled]
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        check_keys(where, cfg, [p.name for p in named])
+    for p in named:
+        if p.default is p.empty and p.name not in cfg:
+            raise UserError(f"{where}: {p.name!r} is required")
+    return factory(*args, **cfg, **kwargs)
 
 
 def check_option_keys(cfg, options):

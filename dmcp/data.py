@@ -21,7 +21,6 @@ keyed by (seed, epoch, dataset index), so a batch is the same whatever the
 number of worker threads or the order in which they run.
 """
 import collections
-import difflib
 import gzip
 import math
 import numbers
@@ -33,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import _C
-from .config import UserError, check_keys as _check_keys, signature_keys
+from .config import UserError, build, check_keys as _check_keys, signature_keys, strip_scope
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _MASK64 = (1 << 64) - 1
@@ -43,29 +42,16 @@ _MASK64 = (1 << 64) - 1
 # config helpers
 # ---------------------------------------------------------------------------
 
-def _strip_scope(t):
-    return t.split(".")[-1] if isinstance(t, str) else t
+# types that are not transforms here: dmcp normalises in data_preprocessor
+_NOT_TRANSFORMS = ("Normalize", "ToTensor", "ImageToTensor", "Collect", "ToNumpy")
 
 
-def _build(registry, cfg, where, what):
-    """registry[type](**cfg) after checking the keys against the signature."""
-    if not isinstance(cfg, dict):
-        raise UserError(f"{where}: expected a dict(type=...), got {cfg!r}")
-    cfg = dict(cfg)
-    cfg.pop("_scope_", None)
-    kind = _strip_scope(cfg.pop("type", None))
-    if kind is None:
-        raise UserError(f"{where}: missing 'type'")
-    cls = registry.get(kind)
-    if cls is None:
-        hint = difflib.get_close_matches(str(kind), list(registry), n=1)
-        extra = " (normalisation belongs in data_preprocessor)" if kind in (
-            "Normalize", "ToTensor", "ImageToTensor", "Collect", "ToNumpy") else ""
-        raise UserError(f"{where}: unknown {what} type {kind!r}{extra}"
-                        + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                        + f"; known: {', '.join(sorted(registry))}")
-    _check_keys(f"{where} ({kind})", cfg, signature_keys(cls.__init__, ("where",)))
-    return cls(where=f"{where} ({kind})", **cfg)
+def _build_transform(cfg, where):
+    kind = strip_scope(cfg.get("type")) if isinstance(cfg, dict) else None
+    if kind in _NOT_TRANSFORMS:
+        raise UserError(f"{where}: transform type {kind!r} is not one dmcp runs (normalisation "
+                        f"belongs in data_preprocessor)")
+    return build(TRANSFORMS, cfg, where, what="transform")
 
 
 def _pair(value, where, name, positive=True):
@@ -546,7 +532,7 @@ class Pipeline:
             cfgs = []
         if not isinstance(cfgs, (list, tuple)):
             raise UserError(f"{where}: expected a list of transform dicts, got {cfgs!r}")
-        built = [_build(TRANSFORMS, c, f"{where}[{i}]", "transform") for i, c in enumerate(cfgs)]
+        built = [_build_transform(c, f"{where}[{i}]") for i, c in enumerate(cfgs)]
         self.transforms = []
         for t in built:
             if (isinstance(t, CenterCrop) and self.transforms
@@ -954,7 +940,7 @@ _BASE_SHAPES = {"MNIST": (28, 28, 1), "FashionMNIST": (28, 28, 1), "CIFAR10": (3
 def build_dataset(cfg, where="dataset"):
     """A dataset from dict(type='ImageNet' | 'CustomDataset' | 'FashionMNIST' | 'MNIST' |
     'CIFAR10' | 'SyntheticDataset', ...)."""
-    return _build(DATASETS, cfg, where, "dataset")
+    return build(DATASETS, cfg, where, what="dataset")
 
 
 def dataset_input_shape(dataset_cfg, where="dataset"):
@@ -962,9 +948,9 @@ def dataset_input_shape(dataset_cfg, where="dataset"):
     config alone (no data is read)."""
     if not isinstance(dataset_cfg, dict):
         raise UserError(f"{where}: expected a dict(type=...), got {dataset_cfg!r}")
-    kind = _strip_scope(dataset_cfg.get("type"))
-    if kind not in DATASETS:
-        _build(DATASETS, dataset_cfg, where, "dataset")        # raises the unknown-type error
+    kind = strip_scope(dataset_cfg.get("type"))
+    if not isinstance(kind, str) or kind not in DATASETS:
+        build(DATASETS, dataset_cfg, where, what="dataset")        # raises the unknown-type error
     cfg = {k: v for k, v in dataset_cfg.items() if k not in ("type", "_scope_")}
     _check_keys(f"{where} ({kind})", cfg, signature_keys(DATASETS[kind].__init__, ("where",)))
     if kind == "SyntheticDataset":
@@ -1183,6 +1169,10 @@ class DataLoader:
         return out, labels
 
 
+PREPROCESSORS = {"ClsDataPreprocessor": DataPreprocessor, "DataPreprocessor": DataPreprocessor,
+                 "ImgDataPreprocessor": DataPreprocessor}
+# batches are stacked arrays whichever mmengine collate function a config names
+_COLLATES = {"default_collate": lambda: None, "pseudo_collate": lambda: None}
 _LOADER_KEYS = ("batch_size", "num_workers", "dataset", "sampler", "persistent_workers",
                 "pin_memory", "drop_last", "collate_fn", "prefetch_factor", "shuffle")
 
@@ -1211,42 +1201,29 @@ def build_dataloader(loader_cfg, preprocessor_cfg=None, seed=0, rank=0, world_si
     pf = cfg.get("prefetch_factor", 2) or 2
     if not isinstance(pf, numbers.Integral) or pf < 1:
         raise UserError(f"{where}: prefetch_factor must be a positive int, got {pf!r}")
-    collate = cfg.get("collate_fn")
-    if collate is not None:
-        ctype = _strip_scope(collate.get("type")) if isinstance(collate, dict) else None
-        if ctype not in ("default_collate", "pseudo_collate"):
-            raise UserError(f"{where}: collate_fn must be dict(type='default_collate') or "
-                            f"dict(type='pseudo_collate'), got {collate!r}")
+    if cfg.get("collate_fn") is not None:        # batches are stacked arrays either way
+        build(_COLLATES, cfg["collate_fn"], f"{where}.collate_fn", what="collate_fn")
     if not isinstance(world_size, int) or world_size < 1 or not 0 <= rank < world_size:
         raise UserError(f"{where}: rank {rank!r} / world_size {world_size!r} are inconsistent")
 
     dataset = build_dataset(cfg["dataset"], f"{where}.dataset")
     pre_cfg = dict(preprocessor_cfg or {})
-    pre = _build({"ClsDataPreprocessor": DataPreprocessor, "DataPreprocessor": DataPreprocessor,
-                  "ImgDataPreprocessor": DataPreprocessor},
-                 dict(pre_cfg, type=pre_cfg.get("type", "ClsDataPreprocessor")),
-                 "data_preprocessor", "data preprocessor")
+    pre = build(PREPROCESSORS, pre_cfg, "data_preprocessor", what="data preprocessor",
+                default="ClsDataPreprocessor")
     channels = dataset.pipeline.out_shape(dataset.base_shape)[2]
     pre.arrays(channels)                              # mean/std vs channels, now
     if pre.num_classes is not None and dataset.labels.max() >= pre.num_classes:
         raise UserError(f"{dataset.where}: label {int(dataset.labels.max())} does not fit "
                         f"data_preprocessor.num_classes={pre.num_classes}")
 
+    forced_shuffle, loader_seed = shuffle, seed
+
+    def default_sampler(shuffle=True, seed=None, round_up=True):        # the config's keys
+        return DefaultSampler(len(dataset), shuffle if forced_shuffle is None else forced_shuffle,
+                              loader_seed if seed is None else seed, round_up, rank, world_size)
     scfg = cfg.get("sampler") or dict(type="DefaultSampler", shuffle=cfg.get("shuffle", True))
-    if not isinstance(scfg, dict):
-        raise UserError(f"{where}.sampler: expected a dict(type='DefaultSampler', ...), "
-                        f"got {scfg!r}")
-    scfg = dict(scfg)
-    scfg.pop("_scope_", None)
-    stype = _strip_scope(scfg.pop("type", "DefaultSampler"))
-    if stype != "DefaultSampler":
-        raise UserError(f"{where}.sampler: unknown sampler type {stype!r} "
-                        "(only 'DefaultSampler')")
-    _check_keys(f"{where}.sampler (DefaultSampler)", scfg, ("shuffle", "seed", "round_up"))
-    do_shuffle = scfg.get("shuffle", True) if shuffle is None else shuffle
-    sseed = scfg.get("seed")
-    sampler = DefaultSampler(len(dataset), do_shuffle, seed if sseed is None else sseed,
-                             scfg.get("round_up", True), rank, world_size)
+    sampler = build({"DefaultSampler": default_sampler}, scfg, f"{where}.sampler",
+                    what="sampler", default="DefaultSampler")
     drop = cfg.get("drop_last", False) if drop_last is None else drop_last
     return DataLoader(dataset, bs, sampler, pre, num_workers=nw, drop_last=drop, seed=seed,
                       prefetch_factor=pf)

@@ -7,12 +7,14 @@ unit's width slices every layer that reads or writes those channels; a BN
 whose output belongs to a unit is followed by that unit's Markov gate, which is
 the identity unless the architecture step switches the gates on.
 """
+import functools
+
 import numpy as np
 
 from . import _C
 from .nn import (BatchNorm2d, Conv2d, CrossEntropyLoss, GlobalAvgPool, Linear, MaxPool2d, Module,
                  ReLU, SyncBatchNorm2d)
-from .config import _did_you_mean, check_keys, signature_keys
+from .config import _did_you_mean, build, check_keys, strip_scope
 from .units import ChannelUnit, UserError, make_divisible
 
 
@@ -60,7 +62,7 @@ def norm_layer(norm_cfg):
     """mmcv's ``norm_cfg`` (type BN/BN2d/SyncBN, requires_grad, eps, momentum,
     affine) as a function of the channel count that makes the layer."""
     cfg = dict(norm_cfg if norm_cfg is not None else dict(type="BN"))
-    t = _strip_scope(cfg.pop("type", None))
+    t = strip_scope(cfg.pop("type", None))
     cls = NORM_LAYERS.get(t)
     if cls is None:
         raise UserError(f"norm_cfg type {t!r} is not one of {', '.join(NORM_LAYERS)}"
@@ -387,9 +389,20 @@ class MobileNetV2(_Backbone):
         self.train()
 
 
-BACKBONES = {"ResNet": ResNet, "ResNet_CIFAR": ResNet, "CifarResNet": ResNet,
-             "MobileNetV2": MobileNetV2}
-_BUILDER_ARGS = ("rng", "widths", "small_input")    # set by ImageClassifier, not by a config
+# mmcls's CIFAR ResNet names build the small-input ResNet, ResNet-20 unless a depth is given
+BACKBONES = {"ResNet": ResNet, "MobileNetV2": MobileNetV2,
+             "ResNet_CIFAR": functools.partial(ResNet, depth=20, small_input=True),
+             "CifarResNet": functools.partial(ResNet, depth=20, small_input=True)}
+
+
+def global_average_pooling(dim=2):
+    """mmcls's GlobalAveragePooling neck over (H, W)."""
+    if dim != 2:
+        raise UserError(f"neck (GlobalAveragePooling): dim={dim!r} is not supported (only 2)")
+    return GlobalAvgPool()
+
+
+NECKS = {"GlobalAveragePooling": global_average_pooling}
 
 
 class LinearClsHead(Module):
@@ -406,7 +419,8 @@ class LinearClsHead(Module):
         self.fc.bias.data[...] = 0.0
         self.fc.in_unit, self.fc.out_unit = in_unit, None
         self.topk = tuple(topk) if isinstance(topk, (list, tuple)) else (topk,)
-        self.loss_module = build_loss(loss or dict(type="CrossEntropyLoss"), num_classes)
+        self.loss_module = build(LOSSES, loss or {}, "head.loss", what="loss",
+                                 default="CrossEntropyLoss", head_classes=num_classes)
 
     def forward(self, x):
         return self.fc.forward(x)
@@ -415,28 +429,28 @@ class LinearClsHead(Module):
         return self.fc.backward(d)
 
 
-def _strip_scope(t):
-    return t.split(".")[-1] if isinstance(t, str) else t
+def cross_entropy_loss(head_classes, loss_weight=1.0, use_sigmoid=False, use_soft=False,
+                       where="CrossEntropyLoss"):
+    if use_sigmoid or use_soft:
+        raise UserError(f"{where}: use_sigmoid/use_soft are not supported")
+    return CrossEntropyLoss(0.0, loss_weight)
 
 
-def build_loss(cfg, num_classes):
-    cfg = dict(cfg)
-    t = _strip_scope(cfg.pop("type", None))
-    if t == "CrossEntropyLoss":
-        check_keys("CrossEntropyLoss", cfg, ("loss_weight", "use_sigmoid", "use_soft"))
-        if cfg.get("use_sigmoid") or cfg.get("use_soft"):
-            raise UserError("CrossEntropyLoss: use_sigmoid/use_soft are not supported")
-        return CrossEntropyLoss(0.0, cfg.get("loss_weight", 1.0))
-    if t == "LabelSmoothLoss":
-        check_keys("LabelSmoothLoss", cfg, ("label_smooth_val", "mode", "num_classes", "loss_weight",
-                                             "reduction", "use_sigmoid"))
-        mode = cfg.get("mode", "original")
-        if mode != "original":
-            raise UserError(f"LabelSmoothLoss: only mode='original' is supported, got {mode!r}")
-        if cfg.get("num_classes", num_classes) != num_classes:
-            raise UserError(f"LabelSmoothLoss: num_classes={cfg['num_classes']} but the head has {num_classes}")
-        return CrossEntropyLoss(float(cfg.get("label_smooth_val", 0.1)), cfg.get("loss_weight", 1.0))
-    raise UserError(f"loss type {t!r} is not one of CrossEntropyLoss, LabelSmoothLoss")
+def label_smooth_loss(head_classes, label_smooth_val=0.1, mode="original", num_classes=None,
+                      loss_weight=1.0, reduction="mean", use_sigmoid=False,
+                      where="LabelSmoothLoss"):
+    if mode != "original":
+        raise UserError(f"{where}: only mode='original' is supported, got {mode!r}")
+    if use_sigmoid or reduction != "mean":
+        raise UserError(f"{where}: only use_sigmoid=False with reduction='mean' is supported")
+    if num_classes is not None and num_classes != head_classes:
+        raise UserError(f"{where}: num_classes={num_classes} but the head has {head_classes}")
+    return CrossEntropyLoss(float(label_smooth_val), loss_weight)
+
+
+# each takes the head's class count as ``head_classes``
+LOSSES = {"CrossEntropyLoss": cross_entropy_loss, "LabelSmoothLoss": label_smooth_loss}
+HEADS = {"LinearClsHead": LinearClsHead}
 
 
 class ImageClassifier(Module):
@@ -445,30 +459,11 @@ class ImageClassifier(Module):
     def __init__(self, backbone, neck=None, head=None, data_preprocessor=None, init_cfg=None,
                  train_cfg=None, seed=0, widths=None, _scope_=None, pretrained=None):
         rng = np.random.default_rng(seed)
-        bcfg = dict(backbone)
-        btype = _strip_scope(bcfg.pop("type", None))
-        cls = BACKBONES.get(btype)
-        if cls is None:
-            raise UserError(f"backbone type {btype!r} is not one of {', '.join(BACKBONES)}"
-                            f"{_did_you_mean(btype, BACKBONES)}")
-        check_keys(f"backbone ({btype})", bcfg, signature_keys(cls.__init__, _BUILDER_ARGS))
-        if btype in ("ResNet_CIFAR", "CifarResNet"):
-            bcfg.setdefault("depth", 20)
-            bcfg["small_input"] = True
-        self.backbone = cls(rng=rng, widths=widths, **bcfg)
-        ncfg = dict(neck or dict(type="GlobalAveragePooling"))
-        if _strip_scope(ncfg.pop("type", None)) != "GlobalAveragePooling":
-            raise UserError("neck: only GlobalAveragePooling is supported")
-        check_keys("GlobalAveragePooling", ncfg, ("dim",))
-        self.neck = GlobalAvgPool()
-        hcfg = dict(head or {})
-        if _strip_scope(hcfg.pop("type", "LinearClsHead")) != "LinearClsHead":
-            raise UserError("head: only LinearClsHead is supported")
-        check_keys("LinearClsHead", hcfg, ("num_classes", "in_channels", "loss", "topk", "cal_acc",
-                                            "init_cfg"))
-        if "num_classes" not in hcfg:
-            raise UserError("head: 'num_classes' is required")
-        self.head = LinearClsHead(in_unit=self.backbone.out_unit, rng=rng, pruned=bool(widths), **hcfg)
+        self.backbone = build(BACKBONES, backbone, "backbone", what="backbone",
+                              internal=("small_input",), rng=rng, widths=widths)
+        self.neck = build(NECKS, neck or {}, "neck", what="neck", default="GlobalAveragePooling")
+        self.head = build(HEADS, head or {}, "head", what="head", default="LinearClsHead",
+                          in_unit=self.backbone.out_unit, rng=rng, pruned=bool(widths))
         self.units = self.backbone.units
         self._ops = [self.backbone, self.neck, self.head]
 

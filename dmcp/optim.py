@@ -3,8 +3,7 @@ import math
 
 import numpy as np
 
-from .config import _did_you_mean, check_keys
-from .models import _strip_scope
+from .config import _did_you_mean, build, check_keys
 from .nn import SGD, Adam, BatchNorm2d, Linear, Conv2d
 from .units import UserError
 
@@ -37,22 +36,20 @@ def param_groups(model, base_wd, paramwise_cfg=None):
     return groups
 
 
+def adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
+         where="Adam"):
+    """torch.optim.Adam's config keys (amsgrad only off)."""
+    if amsgrad:
+        raise UserError(f"{where}: amsgrad is not supported")
+    return Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+OPTIMIZERS = {"SGD": SGD, "Adam": adam}
+
+
 def build_optimizer(cfg, params_or_groups, where="optimizer"):
-    cfg = dict(cfg)
-    t = _strip_scope(cfg.pop("type", None))
-    if t == "SGD":
-        check_keys(f"{where} (SGD)", cfg, ("lr", "momentum", "dampening", "weight_decay", "nesterov"))
-        if "lr" not in cfg:
-            raise UserError(f"{where}: 'lr' is required")
-        return SGD(params_or_groups, **cfg)
-    if t in ("Adam", "AdamW"):
-        if t == "AdamW":
-            raise UserError(f"{where}: AdamW is not supported (use Adam)")
-        check_keys(f"{where} (Adam)", cfg, ("lr", "betas", "eps", "weight_decay", "amsgrad"))
-        if cfg.pop("amsgrad", False):
-            raise UserError(f"{where}: amsgrad is not supported")
-        return Adam(params_or_groups, **cfg)
-    raise UserError(f"{where}: type {t!r} is not one of SGD, Adam")
+    """An optimizer over ``params_or_groups`` from dict(type='SGD' | 'Adam', ...)."""
+    return build(OPTIMIZERS, cfg, where, params_or_groups, what="optimizer")
 
 
 def optimizer_state(opt, names):
@@ -125,6 +122,37 @@ def load_optimizer_state(opt, names, state, where="optimizer"):
                                 np.array(got["exp_avg_sq"], np.float32)]
 
 
+class _Span:
+    """Where a schedule runs: iterations [begin, end), ``scale`` iterations per unit of
+    its config (an epoch, or 1), and the optimizer's base learning rate."""
+
+    def __init__(self, begin, end, scale, base_lr):
+        self.begin, self.end, self.scale, self.base_lr = begin, end, scale, base_lr
+
+
+# each turns a scheduler's own config keys into the closed-form part LRSchedule.lr runs
+def linear_lr(span, start_factor=1.0 / 3, end_factor=1.0):
+    return ("linear", float(start_factor), float(end_factor))
+
+
+def cosine_annealing_lr(span, T_max=None, eta_min=0.0, eta_min_ratio=None):
+    tmax = int(T_max if T_max is not None else (span.end - span.begin) // span.scale) * span.scale
+    eta = float(eta_min) if eta_min_ratio is None else span.base_lr * float(eta_min_ratio)
+    return ("cosine", tmax, eta)
+
+
+def constant_lr(span, factor=1.0 / 3):
+    return ("constant", float(factor))
+
+
+def multi_step_lr(span, milestones=(), gamma=0.1):
+    return ("multistep", [int(m) * span.scale for m in milestones], float(gamma))
+
+
+SCHEDULERS = {"LinearLR": linear_lr, "CosineAnnealingLR": cosine_annealing_lr,
+              "ConstantLR": constant_lr, "MultiStepLR": multi_step_lr}
+
+
 class LRSchedule:
     """mmengine's LinearLR / CosineAnnealingLR / ConstantLR / MultiStepLR as a closed-form
     function of the iteration (``convert_to_iter_based`` multiplies epochs by
@@ -134,8 +162,10 @@ class LRSchedule:
         self.base_lr = float(base_lr)
         self.parts = []
         for i, c in enumerate(cfgs or []):
+            where = f"param_scheduler[{i}]"
+            if not isinstance(c, dict):
+                raise UserError(f"{where}: expected a dict(type=...), got {c!r}")
             c = dict(c)
-            t = _strip_scope(c.pop("type", None))
             by_epoch = c.pop("by_epoch", True)
             convert = c.pop("convert_to_iter_based", False)
             scale = iters_per_epoch if by_epoch else 1
@@ -143,26 +173,8 @@ class LRSchedule:
             end = c.pop("end", None)
             end = max_iters if end is None else min(int(end) * scale, max_iters)
             step = 1 if (convert or not by_epoch) else iters_per_epoch
-            where = f"param_scheduler[{i}] ({t})"
-            if t == "LinearLR":
-                check_keys(where, c, ("start_factor", "end_factor"))
-                part = ("linear", float(c.get("start_factor", 1.0 / 3)), float(c.get("end_factor", 1.0)))
-            elif t == "CosineAnnealingLR":
-                check_keys(where, c, ("T_max", "eta_min", "eta_min_ratio"))
-                tmax = int(c.get("T_max", (end - begin) // scale)) * scale
-                eta = float(c.get("eta_min", 0.0)) if c.get("eta_min_ratio") is None \
-                    else self.base_lr * float(c["eta_min_ratio"])
-                part = ("cosine", tmax, eta)
-            elif t == "ConstantLR":
-                check_keys(where, c, ("factor",))
-                part = ("constant", float(c.get("factor", 1.0 / 3)))
-            elif t == "MultiStepLR":
-                check_keys(where, c, ("milestones", "gamma"))
-                part = ("multistep", [int(m) * scale for m in c.get("milestones", [])],
-                        float(c.get("gamma", 0.1)))
-            else:
-                raise UserError(f"{where}: scheduler type {t!r} is not one of LinearLR, "
-                                f"CosineAnnealingLR, ConstantLR, MultiStepLR")
+            part = build(SCHEDULERS, c, where, _Span(begin, end, scale, self.base_lr),
+                         what="scheduler")
             self.parts.append((begin, end, step, part))
 
     def lr(self, it):

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import algorithm
 from .algorithm import DMCP, build_algorithm_model
+from .config import build, check_keys
 from .nn import BatchNorm2d
 from .optim import (LRSchedule, build_optimizer, keeps_state, load_optimizer_state,
                     optimizer_state, param_groups)
@@ -96,20 +97,22 @@ def config_seed(cfg):
     return cfg_number(seed, "randomness.seed", int) if seed is not None else 2020
 
 
+def dmcp_subnet_hook(subnet_sample_num=10, priority=None, max_draws=2000):
+    """mmrazor's DMCPSubnetHook: after training, ``subnet_sample_num`` direct samples
+    (each from at most ``max_draws`` draws) and the expected-width subnet."""
+    key = "custom_hooks.DMCPSubnetHook"
+    return dict(num=cfg_number(subnet_sample_num, f"{key}.subnet_sample_num", int, 1),
+                max_draws=cfg_number(max_draws, f"{key}.max_draws", int, 1))
+
+
+HOOKS = {"DMCPSubnetHook": dmcp_subnet_hook}
+
+
 def subnet_hook_of(cfg):
     """The DMCPSubnetHook's settings {num, max_draws} from custom_hooks, or None."""
     hook = None
-    for h in cfg.get("custom_hooks") or []:
-        t = str(h.get("type", "")).split(".")[-1]
-        if t != "DMCPSubnetHook":
-            raise UserError(f"custom_hooks: hook type {t!r} is not supported (DMCPSubnetHook)")
-        extra = set(h) - {"type", "subnet_sample_num", "priority", "max_draws"}
-        if extra:
-            raise UserError(f"custom_hooks DMCPSubnetHook: unknown key(s) {sorted(extra)}")
-        hook = dict(num=cfg_number(h.get("subnet_sample_num", 10),
-                                   "custom_hooks.DMCPSubnetHook.subnet_sample_num", int, 1),
-                    max_draws=cfg_number(h.get("max_draws", 2000),
-                                         "custom_hooks.DMCPSubnetHook.max_draws", int, 1))
+    for i, h in enumerate(cfg.get("custom_hooks") or []):
+        hook = build(HOOKS, h, f"custom_hooks[{i}]", what="hook")
     return hook
 
 
@@ -151,10 +154,8 @@ class Runner:
         # width sampling must agree on every rank: one seed, not per rank
         self.rng = np.random.default_rng(self.seed + 7)
         tcfg = dict(cfg.get("train_cfg") or {})
-        bad = set(tcfg) - {"type", "by_epoch", "max_epochs", "val_interval", "val_begin"}
-        if bad:
-            raise UserError(f"train_cfg: unknown key(s) {sorted(bad)}; accepted: by_epoch, "
-                            f"max_epochs, val_interval, val_begin")
+        check_keys("train_cfg", tcfg, ("type", "by_epoch", "max_epochs", "val_interval",
+                                       "val_begin"))
         if tcfg.get("by_epoch", True) is not True:
             raise UserError("train_cfg: only epoch-based training (by_epoch=True) is supported")
         self.max_epochs = cfg_number(tcfg.get("max_epochs", 1), "train_cfg.max_epochs", int, 1)
@@ -222,9 +223,8 @@ class Runner:
         wcfg.pop("type", None)
         if "optimizer" not in wcfg:
             raise UserError("optim_wrapper: 'optimizer' is required")
-        ext = set(wcfg) - {"optimizer", "paramwise_cfg", "clip_grad", "accumulative_counts"}
-        if ext:
-            raise UserError(f"optim_wrapper: unknown key(s) {sorted(ext)}")
+        check_keys("optim_wrapper", wcfg, ("optimizer", "paramwise_cfg", "clip_grad",
+                                           "accumulative_counts"))
         opt_cfg = dict(wcfg["optimizer"])
         groups = param_groups(self.net, cfg_number(opt_cfg.get("weight_decay", 0.0), "optimizer.weight_decay",
                                                    float, 0.0), wcfg.get("paramwise_cfg"))
