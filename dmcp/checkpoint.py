@@ -1,5 +1,7 @@
 """Weights in and out: PyTorch ``.pth`` state dicts read without PyTorch,
-torchvision -> mmcls key mapping, and loading into a model with shape checks.
+torchvision -> mmcls key mapping, loading into a model with shape checks, and
+the runner's training checkpoints (saving, and resuming with their meta, RNG
+state and optimizer state checked).
 
 A ``.pth`` written by ``torch.save`` is a zip archive holding ``data.pkl`` (a
 pickle whose tensors refer to storages by key) and ``data/<key>`` (the raw
@@ -18,6 +20,8 @@ from collections import OrderedDict
 import numpy as np
 
 from .config import UserError
+from .optim import keeps_state, load_optimizer_state, optimizer_state
+from .units import cfg_number
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
@@ -280,3 +284,109 @@ def load_weights(model, state, strict=True, slice_channels=False):
             src = src[tuple(slice(0, d) for d in dst.shape)]
         dst[...] = src.astype(dst.dtype, copy=False)
     return missing, unexpected
+
+
+# ---------------------------------------------------------------- training checkpoints
+
+def atomic_savez(path, arrays):
+    """np.savez through a temporary file: a run killed while saving leaves the old file."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def save_training(work_dir, name, model, optimizer, arch_optimizer, names, meta):
+    """WORK_DIR/NAME (a .npz): the model's state dict (``state_dict/...``), the
+    optimizers' state (``optimizer/...``, ``arch_optimizer/...``; ``names`` maps
+    id(param) to its name) and ``meta`` as UTF-8 JSON; then ``last_checkpoint``
+    names it.  Both files are replaced atomically.  Returns the path."""
+    arrays = {f"state_dict/{k}": v for k, v in model.state_dict().items()}
+    for prefix, opt in (("optimizer", optimizer), ("arch_optimizer", arch_optimizer)):
+        if opt is not None:
+            arrays.update({f"{prefix}/{k}": v for k, v in optimizer_state(opt, names).items()})
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    path = os.path.join(work_dir, name)
+    atomic_savez(path, arrays)
+    tmp = os.path.join(work_dir, "last_checkpoint.tmp")
+    with open(tmp, "w") as f:
+        f.write(os.path.abspath(path))
+    os.replace(tmp, os.path.join(work_dir, "last_checkpoint"))
+    return path
+
+
+def resume_training(path, work_dir, model, optimizer, arch_optimizer, names, iters_per_epoch):
+    """Load a training checkpoint written by ``save_training`` into the model and the
+    optimizers; ``path`` True or "auto" is the one WORK_DIR/last_checkpoint names.
+    Returns (path, meta): meta's epoch and iter fit ``iters_per_epoch``, its ``rng``
+    is a PCG64 state and ``random_prob`` a number or None.  A file that is not such
+    a checkpoint, a bad meta entry, missing weight-optimizer state (when the
+    optimizer keeps any) or weights and optimizer state of another model is a
+    UserError naming the file and the entry; the file and its meta are checked
+    before anything is loaded."""
+    if path is True or path == "auto":
+        marker = os.path.join(work_dir, "last_checkpoint")
+        if not os.path.exists(marker):
+            raise UserError(f"--resume: no last_checkpoint in {work_dir}")
+        with open(marker) as f:
+            path = f.read().strip()
+    if not os.path.exists(path):
+        raise UserError(f"--resume: checkpoint '{path}' does not exist")
+    weights_only = (f"; to start from its weights with a fresh optimizer at epoch 0, use "
+                    f"--cfg-options load_from={path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
+        raise UserError(f"--resume: '{path}' is not a dmcp training checkpoint "
+                        f"({type(e).__name__}: {e}){weights_only}") from None
+    if "meta" not in files:
+        raise UserError(f"--resume: '{path}' is not a dmcp training checkpoint (no 'meta' "
+                        f"entry){weights_only}")
+    meta = _training_meta(path, files["meta"], iters_per_epoch)
+
+    def entries(prefix):
+        return {k[len(prefix):]: v for k, v in files.items() if k.startswith(prefix)}
+    opt_state = entries("optimizer/")
+    if not opt_state and keeps_state(optimizer):
+        raise UserError(f"--resume: '{path}' has no optimizer state{weights_only}")
+    model.load_state_dict(entries("state_dict/"))
+    load_optimizer_state(optimizer, names, opt_state, f"--resume: '{path}' optimizer")
+    if arch_optimizer is not None:
+        load_optimizer_state(arch_optimizer, names, entries("arch_optimizer/"),
+                             f"--resume: '{path}' arch_optimizer")
+    return path, meta
+
+
+def _training_meta(path, raw, iters_per_epoch):
+    """A checkpoint's 'meta' entry: UTF-8 JSON whose epoch/iter fit this run, as
+    dict(epoch, iter, rng, random_prob); anything else is a UserError naming file and entry."""
+    where = f"--resume: '{path}': entry 'meta'"
+    try:
+        meta = json.loads(np.asarray(raw).tobytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{where} is not UTF-8 text") from None
+    except (ValueError, RecursionError) as e:
+        raise UserError(f"{where} is not JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{where} is not a JSON object: {meta!r:.60}")
+    for key in ("epoch", "iter"):
+        v = meta.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise UserError(f"{where}: " + (f"{key}={v!r} is not a non-negative integer"
+                                            if key in meta else f"no '{key}'"))
+    epoch, it = meta["epoch"], meta["iter"]
+    if not 0 <= it - epoch * iters_per_epoch <= iters_per_epoch:
+        raise UserError(f"{where}: epoch {epoch} / iteration {it} do not fit this config's "
+                        f"{iters_per_epoch} iterations per epoch (batch size or dataset "
+                        f"changed?)")
+    probe = np.random.default_rng(0)
+    try:
+        probe.bit_generator.state = meta.get("rng")
+    except (TypeError, ValueError, KeyError) as e:
+        raise UserError(f"{where}: 'rng' is not a {type(probe.bit_generator).__name__} "
+                        f"state ({type(e).__name__}: {e})") from None
+    random_prob = meta.get("random_prob")
+    if random_prob is not None:
+        random_prob = cfg_number(random_prob, f"{where}: random_prob")
+    return dict(epoch=epoch, iter=it, rng=probe.bit_generator.state, random_prob=random_prob)

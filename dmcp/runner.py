@@ -13,10 +13,10 @@ import numpy as np
 
 from . import algorithm
 from .algorithm import DMCP, build_algorithm_model
-from .config import build, check_keys
 from .nn import BatchNorm2d
-from .optim import (LRSchedule, build_optimizer, keeps_state, load_optimizer_state,
-                    optimizer_state, param_groups)
+from .checkpoint import read_checkpoint, resume_training, save_training
+from .config import build, check_keys
+from .optim import LRSchedule, build_optimizer, param_groups
 from .units import UserError, cfg_number
 
 
@@ -82,13 +82,6 @@ class Logger:
 
 def _fmt_eta(seconds):
     return str(datetime.timedelta(seconds=int(max(seconds, 0))))
-
-
-def _atomic_savez(path, arrays):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def config_seed(cfg):
@@ -244,102 +237,28 @@ class Runner:
     def save_checkpoint(self, name):
         if not self.is_main:
             return
-        arrays = {f"state_dict/{k}": v for k, v in self.model.state_dict().items()}
-        arrays.update({f"optimizer/{k}": v for k, v in optimizer_state(self.optimizer, self.names).items()})
-        if self.arch_optimizer:
-            arrays.update({f"arch_optimizer/{k}": v for k, v in
-                           optimizer_state(self.arch_optimizer, self.names).items()})
         meta = dict(epoch=self.epoch, iter=self.iter, seed=self.seed,
                     rng=self.rng.bit_generator.state,
                     random_prob=getattr(self.model, "random_prob", None),
                     config=self.config_name)
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-        path = os.path.join(self.work_dir, name)
-        _atomic_savez(path, arrays)
-        tmp = os.path.join(self.work_dir, "last_checkpoint.tmp")
-        with open(tmp, "w") as f:
-            f.write(os.path.abspath(path))
-        os.replace(tmp, os.path.join(self.work_dir, "last_checkpoint"))
+        path = save_training(self.work_dir, name, self.model, self.optimizer, self.arch_optimizer,
+                             self.names, meta)
         self.log.info(f"Saving checkpoint at {self.iter} iterations: {path}")
 
     def resume(self, path):
-        if path is True or path == "auto":
-            marker = os.path.join(self.work_dir, "last_checkpoint")
-            if not os.path.exists(marker):
-                raise UserError(f"--resume: no last_checkpoint in {self.work_dir}")
-            with open(marker) as f:
-                path = f.read().strip()
-        if not os.path.exists(path):
-            raise UserError(f"--resume: checkpoint '{path}' does not exist")
-        weights_only = (f"; to start from its weights with a fresh optimizer at epoch 0, use "
-                        f"--cfg-options load_from={path}")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                files = {k: z[k] for k in z.files}
-        except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
-            raise UserError(f"--resume: '{path}' is not a dmcp training checkpoint "
-                            f"({type(e).__name__}: {e}){weights_only}") from None
-        if "meta" not in files:
-            raise UserError(f"--resume: '{path}' is not a dmcp training checkpoint (no 'meta' "
-                            f"entry){weights_only}")
-        epoch, it, rng_state, random_prob = self._resume_meta(path, files["meta"])
-
-        def entries(prefix):
-            return {k[len(prefix):]: v for k, v in files.items() if k.startswith(prefix)}
-        opt_state = entries("optimizer/")
-        if not opt_state and keeps_state(self.optimizer):
-            raise UserError(f"--resume: '{path}' has no optimizer state{weights_only}")
-        self.model.load_state_dict(entries("state_dict/"))
-        load_optimizer_state(self.optimizer, self.names, opt_state,
-                             f"--resume: '{path}' optimizer")
-        if self.arch_optimizer:
-            load_optimizer_state(self.arch_optimizer, self.names, entries("arch_optimizer/"),
-                                 f"--resume: '{path}' arch_optimizer")
-        self.epoch, self.iter = epoch, it
-        self.rng.bit_generator.state = rng_state
-        if self.is_dmcp and random_prob is not None:
-            self.model.random_prob = random_prob
+        path, meta = resume_training(path, self.work_dir, self.model, self.optimizer,
+                                     self.arch_optimizer, self.names, self.iters_per_epoch)
+        self.epoch, self.iter = meta["epoch"], meta["iter"]
+        self.rng.bit_generator.state = meta["rng"]
+        if self.is_dmcp and meta["random_prob"] is not None:
+            self.model.random_prob = meta["random_prob"]
         self.log.info(f"Resumed from {path} at epoch {self.epoch}, iteration {self.iter}")
-
-    def _resume_meta(self, path, raw):
-        """(epoch, iter, RNG state, random_prob or None) from a checkpoint's 'meta' entry:
-        UTF-8 JSON that fits this run; anything else is a UserError naming file and entry."""
-        where = f"--resume: '{path}': entry 'meta'"
-        try:
-            meta = json.loads(np.asarray(raw).tobytes().decode("utf-8"))
-        except UnicodeDecodeError:
-            raise UserError(f"{where} is not UTF-8 text") from None
-        except (ValueError, RecursionError) as e:
-            raise UserError(f"{where} is not JSON ({e})") from None
-        if not isinstance(meta, dict):
-            raise UserError(f"{where} is not a JSON object: {meta!r:.60}")
-        for key in ("epoch", "iter"):
-            v = meta.get(key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise UserError(f"{where}: " + (f"{key}={v!r} is not a non-negative integer"
-                                                if key in meta else f"no '{key}'"))
-        epoch, it = meta["epoch"], meta["iter"]
-        if not 0 <= it - epoch * self.iters_per_epoch <= self.iters_per_epoch:
-            raise UserError(f"{where}: epoch {epoch} / iteration {it} do not fit this config's "
-                            f"{self.iters_per_epoch} iterations per epoch (batch size or dataset "
-                            f"changed?)")
-        probe = np.random.default_rng(0)
-        try:
-            probe.bit_generator.state = meta.get("rng")
-        except (TypeError, ValueError, KeyError) as e:
-            raise UserError(f"{where}: 'rng' is not a {type(probe.bit_generator).__name__} "
-                            f"state ({type(e).__name__}: {e})") from None
-        random_prob = meta.get("random_prob")
-        if random_prob is not None:
-            random_prob = cfg_number(random_prob, f"{where}: random_prob")
-        return epoch, it, probe.bit_generator.state, random_prob
 
     def load_from(self, path):
         """mmengine's ``load_from``: the model starts from a checkpoint's weights (a dmcp
         .npz, an exported slim .npz, a .pth) with a fresh optimizer at epoch 0."""
         if not os.path.isfile(path):
             raise UserError(f"load_from: checkpoint '{path}' does not exist")
-        from .checkpoint import read_checkpoint
         self.model.load_state_dict(read_checkpoint(path))
         self.log.info(f"Loaded weights from {path} (load_from); training starts at epoch 0")
 
