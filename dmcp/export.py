@@ -179,6 +179,19 @@ def import_onnx():
     return onnx
 
 
+def onnx_metadata(cfg, fix_subnet, input_shape, flops):
+    """The metadata every pruned ONNX model dmcp writes carries (tools/export.py and
+    tools/pipeline.py): its structure (the fix-subnet dict, as JSON), the input
+    (C, H, W), its conv+linear MACs ``flops`` as MFLOPs, the config's
+    data_preprocessor (the mean/std its inputs need) when it has one, and the producer."""
+    meta = {"fix_subnet": json.dumps(fix_subnet), "input_shape": json.dumps(list(input_shape)),
+            "mflops": f"{flops / 1e6:.3f}", "producer": "dmcp"}
+    pre = cfg.get("data_preprocessor") or (cfg.get("model") or {}).get("data_preprocessor")
+    if isinstance(pre, dict):
+        meta["data_preprocessor"] = json.dumps(_jsonable(pre))
+    return meta
+
+
 def to_onnx(model, input_shape, opset=DEFAULT_OPSET, metadata=None, fold_bn=True):
     """An onnx.ModelProto of an eval-mode ImageClassifier for (N, *input_shape) inputs;
     ``fold_bn=False`` keeps BN as BatchNormalization nodes (what an eval-mode
@@ -362,11 +375,7 @@ def export_main(argv):
     fix_subnet = st.fix_subnet()
     flops = count_flops(model, shape)
     if fmt == "onnx":
-        meta = {"fix_subnet": json.dumps(fix_subnet), "input_shape": json.dumps(list(shape)),
-                "mflops": f"{flops['flops'] / 1e6:.3f}", "producer": "dmcp"}
-        pre = cfg.get("data_preprocessor") or (cfg.get("model") or {}).get("data_preprocessor")
-        if isinstance(pre, dict):
-            meta["data_preprocessor"] = json.dumps(_jsonable(pre))
+        meta = onnx_metadata(cfg, fix_subnet, shape, flops["flops"])
         data = to_onnx(model, shape, args.opset, meta).SerializeToString()
     elif fmt == "pth":
         data = pth_bytes(model.state_dict())

@@ -196,6 +196,13 @@ def test_pipeline_tool_ends_with_a_table_and_an_onnx_model(tmp_path):
     assert table["onnx"] == os.path.join(wd, "pruned.onnx") and os.path.getsize(table["onnx"]) > 0
     assert "pruned model (ONNX)" in r.stdout and "MB)" in r.stdout
     assert 0 < table["pruned_mflops"] < table["supernet_mflops"]
+    # the metadata tools/export.py writes too (export.onnx_metadata)
+    import onnx
+    meta = {p.key: p.value for p in onnx.load(table["onnx"]).metadata_props}
+    assert set(meta) == {"fix_subnet", "input_shape", "mflops", "producer", "data_preprocessor"}
+    assert json.loads(meta["fix_subnet"]) == json.load(open(table["fix_subnet"]))
+    assert float(meta["mflops"]) == round(table["pruned_mflops"], 3)
+    assert json.loads(meta["input_shape"]) == [1, 28, 28]
 
 
 def _short_cfg(extra=()):

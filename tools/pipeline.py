@@ -5,8 +5,7 @@ ResNet-20, evaluation, and a result table.
 """
 import sys
 
-from dmcp.cli import run
-from dmcp.pipeline import pipeline_main
+from dmcp.cli import pipeline_main, run
 
 if __name__ == "__main__":
-    sys.exit(run(lambda argv: 0 if pipeline_main(argv) else 1))
+    sys.exit(run(pipeline_main))

@@ -7,4 +7,4 @@ import sys
 from dmcp.cli import run, test_main
 
 if __name__ == "__main__":
-    sys.exit(1 if run(lambda a: 0 if test_main(a) else 1) else 0)
+    sys.exit(run(test_main))
