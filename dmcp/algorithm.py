@@ -60,22 +60,40 @@ def build_pruned(supernet_cfg, fix_subnet, seed=0, supernet=None):
     return model
 
 
+def pruned_subnet(model_cfg):
+    """(supernet ImageClassifier cfg, fix_subnet) when a model dict describes a pruned
+    subnet, else None: mmrazor's ``sub_model``, or a DMCP dict that carries a
+    ``fix_subnet`` (newer mmrazor subnet configs set it there, or assign
+    ``model['fix_subnet']`` over the supernet config).  get_flops.py, export.py,
+    test.py and sample_subnets.py ask this function; build_algorithm_model builds the
+    same pair (``sub_model``, ``dmcp_model``), so training runs what they count."""
+    kind = strip_scope(model_cfg.get("type", "ImageClassifier"))
+    if kind == "sub_model":
+        if "cfg" not in model_cfg:
+            raise UserError("sub_model needs 'cfg' (the supernet)")
+        return model_cfg["cfg"], model_cfg.get("fix_subnet")
+    if kind in ("DMCP", "DMCPDDP") and model_cfg.get("fix_subnet") is not None:
+        if "architecture" not in model_cfg:
+            raise UserError("DMCP needs 'architecture' (the supernet ImageClassifier)")
+        return model_cfg["architecture"], model_cfg["fix_subnet"]
+    return None
+
+
 def supernet_of(cfg):
     """(supernet ImageClassifier cfg, the config's own fix_subnet or None, its rounding)
-    for a DMCP, sub_model or plain classifier config."""
+    for a DMCP, sub_model or plain classifier config.  A pruned subnet's own structure
+    is taken as written (no rounding), as build_pruned builds it."""
     model = cfg.get("model")
     if not isinstance(model, dict):
         raise UserError(f"{cfg.filename}: no 'model' dict in the config")
-    kind = str(model.get("type", "ImageClassifier")).split(".")[-1]
-    if kind in ("DMCP", "DMCPDDP"):
+    sub = pruned_subnet(model)
+    if sub is not None:
+        return sub[0], sub[1], Rounding()
+    if strip_scope(model.get("type", "ImageClassifier")) in ("DMCP", "DMCPDDP"):
         if "architecture" not in model:
             raise UserError("DMCP needs 'architecture' (the supernet ImageClassifier)")
         mcfg = model.get("mutator_cfg") or {}
         return model["architecture"], None, Rounding.from_cfg(mcfg.get("channel_unit_cfg"))
-    if kind == "sub_model":
-        if "cfg" not in model:
-            raise UserError("sub_model needs 'cfg' (the supernet)")
-        return model["cfg"], model.get("fix_subnet"), Rounding()
     return model, None, Rounding()
 
 
@@ -278,16 +296,28 @@ def sub_model(cfg, fix_subnet, mode="mutator", prefix="", extra_prefix="",
     return build_pruned(cfg, fix_subnet, seed)
 
 
+def dmcp_model(architecture, fix_subnet=None, seed=0, **kwargs):
+    """mmrazor's DMCP: the supernet search.  With a ``fix_subnet`` the dict describes
+    the pruned subnet (see ``pruned_subnet``), built as sub_model builds it; the
+    search keys are then inert, but must still be DMCP's."""
+    check_keys("model (DMCP)", ["architecture", "fix_subnet"] + list(kwargs),
+               signature_keys(DMCP.__init__, ("seed",)) + ["fix_subnet"])
+    if fix_subnet is not None:
+        return build_pruned(architecture, fix_subnet, seed)
+    return DMCP(architecture, seed=seed, **kwargs)
+
+
 def image_classifier(seed=0, **cfg):
     return build_classifier(cfg, seed, where="model")
 
 
-MODELS = {"ImageClassifier": image_classifier, "DMCP": DMCP, "DMCPDDP": DMCP,
+MODELS = {"ImageClassifier": image_classifier, "DMCP": dmcp_model, "DMCPDDP": dmcp_model,
           "sub_model": sub_model}
 
 
 def build_algorithm_model(cfg, seed=0):
-    """ImageClassifier, DMCP or sub_model from a config dict."""
+    """ImageClassifier, DMCP (the supernet, or its pruned subnet when the dict carries a
+    fix_subnet) or sub_model from a config dict."""
     return build(MODELS, _plain(cfg), "model", what="model", default="ImageClassifier",
                  seed=seed)
 

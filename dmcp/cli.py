@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, strip_scope
 from .units import UserError
 
 
@@ -34,8 +34,8 @@ def get_flops_main(argv):
     p = argparse.ArgumentParser(prog="get_flops.py", description="Conv+linear MACs and parameters "
                                 "of a config's model (optionally a pruned structure).")
     p.add_argument("config")
-    p.add_argument("--subnet", help="fix-subnet JSON to apply to the supernet (default: a "
-                   "sub_model config's fix_subnet)")
+    p.add_argument("--subnet", help="fix-subnet JSON to apply to the supernet (default: the "
+                   "config's model.fix_subnet, of a sub_model or DMCP dict)")
     p.add_argument("--divisor", type=int, help="round every width to a multiple of N first")
     p.add_argument("--shape", type=int, nargs="+", help="input H [W]")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -97,10 +97,13 @@ def sample_main(argv):
         raise UserError(f"--max-draws {args.max_draws}: must be at least 1")
     cfg = load_config(args.config, args.cfg_options)
     seed = args.seed if args.seed is not None else config_seed(cfg)
-    mtype = str((cfg.get("model") or {}).get("type", "")).split(".")[-1]
-    if mtype not in ("DMCP", "DMCPDDP"):
+    mcfg = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
+    mtype = strip_scope(mcfg.get("type", ""))
+    if mtype not in ("DMCP", "DMCPDDP") or algorithm.pruned_subnet(mcfg) is not None:
+        got = "model.fix_subnet makes it a pruned subnet" if mtype in ("DMCP", "DMCPDDP") \
+            else f"got {mtype!r}"
         raise UserError(f"{args.config}: sampling needs a DMCP supernet config (model.type='DMCP', "
-                        f"got {mtype!r})")
+                        f"{got})")
     model = algorithm.build_algorithm_model(cfg["model"], seed=seed)
     from .flops import flops_input_shape
     model.input_shape = flops_input_shape(cfg)
@@ -154,9 +157,10 @@ def test_main(argv):
     cfg = load_config(args.config, args.cfg_options)
     if cfg.get("test_dataloader"):
         cfg["val_dataloader"] = cfg["test_dataloader"]
+    from .algorithm import pruned_subnet
     from .checkpoint import embedded_subnet
     own = embedded_subnet(args.checkpoint)
-    if own is not None and str(cfg["model"].get("type", "")).split(".")[-1] == "sub_model":
+    if own is not None and pruned_subnet(cfg["model"]) is not None:
         cfg["model"]["fix_subnet"] = own        # an exported slim checkpoint carries its structure
     try:
         runner = Runner(cfg, work_dir=args.work_dir, resume=False, launcher=args.launcher)

@@ -337,7 +337,8 @@ def export_main(argv):
                                 "state dict, or a slim dmcp checkpoint.")
     p.add_argument("config", help="a supernet (DMCP), sub_model or classifier config")
     p.add_argument("checkpoint", help="dmcp .npz (supernet or retrained subnet) or PyTorch .pth")
-    p.add_argument("--subnet", help="fix-subnet JSON (default: the sub_model config's fix_subnet)")
+    p.add_argument("--subnet", help="fix-subnet JSON (default: the config's model.fix_subnet, "
+                   "of a sub_model or DMCP dict)")
     p.add_argument("--out", required=True, help="output file (.onnx, .pth or .npz)")
     p.add_argument("--format", choices=None, help="onnx, pth or npz (default: from --out)")
     p.add_argument("--shape", type=int, nargs="+", help="input H [W] (default: the config's)")

@@ -211,6 +211,10 @@ class Runner:
             wcfg, mcfg = dict(ocfg["architecture"]), dict(ocfg.get("mutator") or
                                                           dict(optimizer=dict(type="Adam", lr=0.5,
                                                                               weight_decay=1e-3)))
+        elif "architecture" in ocfg and "optimizer" not in ocfg:
+            # a pruned subnet from a DMCP config (model.fix_subnet) keeps the supernet's
+            # optim_wrapper: its weights train with the architecture's optimizer
+            wcfg, mcfg = dict(ocfg["architecture"]), None
         else:
             wcfg, mcfg = ocfg, None
         wcfg.pop("type", None)

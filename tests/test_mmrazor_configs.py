@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import dmcp
@@ -257,3 +258,88 @@ def test_imagenet_configs_use_syncbn(config):
         net = dmcp.build_model(dict(arch))
         assert all(type(m) is SyncBatchNorm2d for _, m in net.named_modules()
                    if "BatchNorm" in type(m).__name__)
+
+
+# newer mmrazor subnet configs keep the DMCP model dict and set its fix_subnet
+DMCP_LAYOUTS = {
+    "dict": """_base_ = ['{base}']
+model = dict(_scope_='mmrazor', type='DMCP', architecture=_base_.supernet, fix_subnet='{fix}')
+""",
+    "item": """_base_ = ['{base}']
+model = _base_.model
+model['fix_subnet'] = '{fix}'
+""",
+    "update": """_base_ = ['{base}']
+_base_.model.update(fix_subnet='{fix}')
+""",
+}
+
+
+def dmcp_subnet_config(tmp_path, base, fix_subnet, layout):
+    path = tmp_path / f"dmcp_{layout}.py"
+    path.write_text(DMCP_LAYOUTS[layout].format(base=os.path.join(ROOT, "configs", base),
+                                                fix=fix_subnet))
+    return str(path)
+
+
+@pytest.mark.parametrize("layout", sorted(DMCP_LAYOUTS))
+def test_dmcp_dict_with_fix_subnet_is_the_subnet(tmp_path, at_root, layout, capsys):
+    from dmcp.algorithm import pruned_subnet, supernet_of
+    from dmcp.cli import get_flops_main
+    cfg = load_config(dmcp_subnet_config(tmp_path, "dmcp_resnet50_supernet.py", R50_2G, layout), [])
+    assert cfg.model.type == "DMCP" and "target_flops" in cfg.model    # still the DMCP dict
+    assert pruned_subnet(cfg.model)[1] == R50_2G and supernet_of(cfg)[1] == R50_2G
+    net = dmcp.build_model(cfg.model)
+    assert not isinstance(net, DMCP)
+    assert {u.name: u.num_channels for u in net.units.values()}["backbone.conv1"] == 52
+    assert dmcp.count_flops(net, (3, 224, 224))["flops"] == 2_194_130_032
+    capsys.readouterr()
+    assert get_flops_main([cfg.filename, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["flops"] == 2_194_130_032     # not 4.09 G
+
+
+def test_dmcp_dict_with_fix_subnet_still_checks_its_keys(tmp_path, at_root):
+    cfg = load_config(dmcp_subnet_config(tmp_path, "dmcp_resnet50_supernet.py", R50_2G, "update"),
+                      ["model.target_flop=2000"])
+    with pytest.raises(UserError, match=r"^model \(DMCP\): unknown key 'target_flop' \(did you "
+                                        r"mean 'target_flops'\?\); accepted keys: .*fix_subnet"):
+        dmcp.build_model(cfg.model)
+    # fix_subnet=None is the supernet, as before
+    supernet = {k: v for k, v in cfg.model.items() if k != "target_flop"}
+    assert isinstance(dmcp.build_model(dict(supernet, fix_subnet=None)), DMCP)
+
+
+def test_dmcp_dict_with_fix_subnet_trains_tests_and_exports(tmp_path):
+    """train.py, test.py, get_flops.py and export.py all see the pruned subnet."""
+    base = "dmcp_resnet20_fmnist_supernet.py"
+    if not os.path.exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"):
+        raise AssertionError("Fashion-MNIST is missing: apt-get install dataset-fashion-mnist")
+    fix = min_structure(tmp_path, base, (1, 28, 28))
+    widths = {k.split("_(0, ")[0]: v["choice"]
+              for k, v in json.load(open(fix))["channel_unit_cfg"]["units"].items()}
+    config = dmcp_subnet_config(tmp_path, base, fix, "update")
+    small = ["train_dataloader.dataset.indices=64", "train_dataloader.batch_size=32",
+             "val_dataloader.dataset.indices=64", "train_cfg.max_epochs=1"]
+    wd = str(tmp_path / "wd")
+    r = tool("tools/train.py", config, "--work-dir", wd, "--cfg-options", *small)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Supernet FLOPs" not in r.stdout                 # no search ran
+    with np.load(os.path.join(wd, "epoch_1.npz")) as z:
+        assert z["state_dict/backbone.conv1.weight"].shape[0] == widths["backbone.conv1"]
+        assert not any(k.startswith(("state_dict/mutator.", "arch_optimizer/")) for k in z.files)
+    ckpt = os.path.join(wd, "epoch_1.npz")
+    r = tool("tools/test.py", config, ckpt, "--work-dir", str(tmp_path / "test"),
+             "--cfg-options", *small)
+    assert r.returncode == 0 and "Test: accuracy/top1" in r.stdout, r.stderr[-3000:]
+    r = tool("tools/get_flops.py", config, "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    flops = json.loads(r.stdout)["flops"]
+    full = json.loads(tool("tools/get_flops.py", os.path.join(ROOT, "configs", base),
+                           "--json").stdout)["flops"]
+    assert flops < full / 2
+    out = str(tmp_path / "slim.npz")
+    r = tool("tools/export.py", config, ckpt, "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f": {flops / 1e6:.2f} MFLOPs" in r.stdout, r.stdout
+    r = tool("tools/sample_subnets.py", config, ckpt)
+    assert r.returncode == 1 and "model.fix_subnet makes it a pruned subnet" in r.stderr, r.stderr
