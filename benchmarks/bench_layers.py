@@ -1,5 +1,5 @@
 """Every distinct conv shape of ResNet-50 (batch 16) and MobileNetV2 1.0x
-(batch 32) at 224x224: forward, backward-data and backward-weight GFLOP/s for
+(batch 32) at 224x224, and of ResNet-20 (batch 64) at 28x28 (--models resnet20): forward, backward-data and backward-weight GFLOP/s for
 dmcp and PyTorch (aten's convolution_backward with the same output mask, as
 autograd calls it), and dmcp's share of the SGEMM rate measured on the same
 OpenBLAS in the same run.
@@ -31,7 +31,9 @@ from dmcp.nn import Conv2d  # noqa: E402
 from timing import describe_machine, median_seconds  # noqa: E402
 
 MODELS = {"resnet50": (dict(type="ResNet", depth=50), 16),
-          "mbv2": (dict(type="MobileNetV2", widen_factor=1.0), 32)}
+          "mbv2": (dict(type="MobileNetV2", widen_factor=1.0), 32),
+          "resnet20": (dict(type="ResNet_CIFAR", depth=20, in_channels=1), 64)}
+INPUT = {"resnet20": (1, 28, 28)}          # Fashion-MNIST; the others at 3x224x224
 
 Shape = collections.namedtuple("Shape", "n c h w oc k stride pad groups")
 
@@ -42,7 +44,7 @@ def conv_shapes(model, batch):
                                 neck=dict(type="GlobalAveragePooling"),
                                 head=dict(type="LinearClsHead", num_classes=1000)))
     seen = collections.OrderedDict()
-    for name, m in trace(net, (3, 224, 224)):
+    for name, m in trace(net, INPUT.get(model, (3, 224, 224))):
         if not isinstance(m, Conv2d):
             continue
         _, c, h, w = m._inp.shape
