@@ -8,13 +8,9 @@
 #include <Python.h>
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
-#include <pthread.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 
 #include "common.h"
 #include "conv2d.h"
@@ -27,6 +23,7 @@
 #include "markov_gate.h"
 #include "flops.h"
 #include "isa.h"
+#include "scratch.h"
 
 /* ---------------------------------------------------------------- checks */
 
@@ -126,48 +123,22 @@ static int status_error(dmcp_status st, const char *fn)
     return -1;
 }
 
-/* ---------------------------------------------------------------- scratch */
-
-/* One scratch buffer sized to the largest request so far, shared by all
- * calls; a mutex serialises users when Python threads call in parallel. */
-static pthread_mutex_t scratch_lock = PTHREAD_MUTEX_INITIALIZER;
-static float *scratch_buf = NULL;
-static size_t scratch_len = 0;
-
-static float *scratch_acquire(size_t floats, int *ok)
-{
-    pthread_mutex_lock(&scratch_lock);
-    *ok = 1;
-    if (floats > scratch_len) {
-        free(scratch_buf);
-        scratch_buf = NULL;
-        scratch_len = 0;
-        size_t bytes = ((floats * sizeof(float) + 63) / 64) * 64;
-        if (posix_memalign((void **)&scratch_buf, 64, bytes) != 0) {
-            scratch_buf = NULL;
-            *ok = 0;
-            return NULL;
-        }
-        scratch_len = floats;
-    }
-    return scratch_buf;
-}
-
-static void scratch_release(void) { pthread_mutex_unlock(&scratch_lock); }
+/* ---------------------------------------------------------------- scratch, allocator */
 
 static PyObject *py_scratch_floats(PyObject *self, PyObject *noargs)
 {
-    return PyLong_FromSize_t(scratch_len);
+    return PyLong_FromSize_t(scratch_floats());
 }
 
 static PyObject *py_scratch_free(PyObject *self, PyObject *noargs)
 {
-    pthread_mutex_lock(&scratch_lock);
-    free(scratch_buf);
-    scratch_buf = NULL;
-    scratch_len = 0;
-    pthread_mutex_unlock(&scratch_lock);
+    scratch_free();
     Py_RETURN_NONE;
+}
+
+static PyObject *py_keep_freed_memory(PyObject *self, PyObject *noargs)
+{
+    return PyBool_FromLong(keep_freed_memory());
 }
 
 /* ---------------------------------------------------------------- conv2d */
@@ -334,24 +305,6 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
 { return conv_backward_impl(args, "conv2d_backward", 0); }
 static PyObject *py_conv2d_backward_naive(PyObject *self, PyObject *args)
 { return conv_backward_impl(args, "conv2d_backward_naive", 1); }
-
-/* ---------------------------------------------------------------- memory */
-
-/* A training step frees and reallocates the same large activation buffers
- * every step.  glibc serves blocks above its mmap threshold with fresh
- * mappings and returns them on free, so every step pays page faults and the
- * kernel's page zeroing again (MobileNetV2 batch 32: 25,000 faults and about
- * 0.5 CPU-s per step).  Serving them from the heap and keeping freed memory
- * reuses the pages.  Returns whether the allocator accepted the settings. */
-static PyObject *py_keep_freed_memory(PyObject *self, PyObject *noargs)
-{
-#ifdef __GLIBC__
-    const int ok = mallopt(M_MMAP_MAX, 0) && mallopt(M_TRIM_THRESHOLD, INT_MAX);
-    return PyBool_FromLong(ok);
-#else
-    Py_RETURN_FALSE;
-#endif
-}
 
 /* ---------------------------------------------------------------- ISA variants */
 
