@@ -1,6 +1,6 @@
 /* module.c: the only file that talks to CPython and NumPy.
  *
- * Every binding checks its arguments (dtype, C-contiguity,
+ * Every binding checks its arguments (dtype, byte order, C-contiguity,
  * alignment, writability, ndim, every shape relation) and raises
  * TypeError/ValueError naming the function and the argument; then it releases
  * the GIL and calls the plain-C kernel, and turns a non-zero status into an
@@ -84,12 +84,13 @@ static int to_array(PyObject *obj, void *spec)
         return fail(PyExc_TypeError, "%s: argument '%s' must be a numpy array, not %s",
                     x->fn, x->name, Py_TYPE(obj)->tp_name);
     PyArrayObject *a = (PyArrayObject *)obj;
-    if (PyArray_TYPE(a) != x->type) {
+    if (PyArray_TYPE(a) != x->type || !PyArray_ISNOTSWAPPED(a)) {
         PyArray_Descr *want = PyArray_DescrFromType(x->type);
         if (want == NULL)
             return 0;
-        PyErr_Format(PyExc_TypeError, "%s: argument '%s' must have dtype %S, got %S",
-                     x->fn, x->name, (PyObject *)want, (PyObject *)PyArray_DESCR(a));
+        PyErr_Format(PyExc_TypeError, "%s: argument '%s' must have dtype %S, got %S%s",
+                     x->fn, x->name, (PyObject *)want, (PyObject *)PyArray_DESCR(a),
+                     PyArray_TYPE(a) == x->type ? " (non-native byte order)" : "");
         Py_DECREF(want);
         return 0;
     }
