@@ -61,14 +61,21 @@ else:
 
 # Kernel families built once per ISA through csrc/isa/<family>_<isa>.c.
 ISA_FAMILIES = ("conv2d", "batchnorm", "activation")
-sources = [f for f in sorted(glob.glob("csrc/*.c"))
-           if os.path.splitext(os.path.basename(f))[0] not in ISA_FAMILIES]
+# A family's files are <family>.c and <family>_<part>.c (conv2d_gemm.c, ...): the
+# wrappers compile them together, once per ISA.
+def isa_family_file(path):
+    name = os.path.splitext(os.path.basename(path))[0]
+    return any(name == f or name.startswith(f + "_") for f in ISA_FAMILIES)
+
+
+sources = [f for f in sorted(glob.glob("csrc/*.c")) if not isa_family_file(f)]
 sources += sorted(glob.glob("csrc/isa/*.c"))
 
 ext = Extension(
     "dmcp._C",
     sources=sources,
-    depends=sorted(glob.glob("csrc/*.h")) + [f"csrc/{f}.c" for f in ISA_FAMILIES],
+    depends=sorted(glob.glob("csrc/*.h")) + [f for f in sorted(glob.glob("csrc/*.c"))
+                                             if isa_family_file(f)],
     include_dirs=[numpy.get_include(), "csrc"],
     extra_compile_args=["-std=c11", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"] + opt + blas_cflags
     + image_cflags,

@@ -1,20 +1,22 @@
 /* module.c: the only file that talks to CPython and NumPy.
  *
- * Every binding checks its arguments (dtype, C-contiguity, alignment,
- * writability, ndim, every shape relation) and raises TypeError/ValueError
- * naming the function and the argument; then it releases the GIL and calls
- * the plain-C kernel, and turns a non-zero status into an exception. */
+ * Every binding checks its arguments (dtype, byte order, C-contiguity,
+ * alignment, writability, ndim, every shape relation) and raises
+ * TypeError/ValueError naming the function and the argument; then it releases
+ * the GIL and calls the plain-C kernel, and turns a non-zero status into an
+ * exception.  Array arguments are declared as `arr_arg` specs and converted by
+ * PyArg_Parse's O& (as NumPy's own converters are): parsing stops at the first
+ * failure, so no check runs with an error pending. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
-#include <pthread.h>
 #include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 
 #include "common.h"
 #include "conv2d.h"
@@ -26,253 +28,259 @@
 #include "optim.h"
 #include "markov_gate.h"
 #include "flops.h"
+#include "image.h"
 #include "isa.h"
+#include "scratch.h"
 
-/* ---------------------------------------------------------------- checks */
+/* ---------------------------------------------------------------- array arguments */
 
-/* Returns obj as a float32 (or `type`) C-contiguous aligned array of `ndim`
- * dimensions (ndim < 0: any), or NULL with an exception naming fn/arg. */
-static PyArrayObject *as_array(PyObject *obj, const char *fn, const char *arg,
-                               int type, int ndim, int writable)
+/* One array argument: what the binding asks for, and what the converter found. */
+typedef struct {
+    const char *fn, *name;     /* function and argument, for messages */
+    int type;                  /* NumPy type number */
+    int ndim;                  /* < 0: any */
+    int flags;                 /* ARG_OUT: must be writeable; ARG_OPT: None allowed */
+    PyArrayObject *a;          /* the checked array (borrowed), NULL for None or absent */
+} arr_arg;
+
+enum { ARG_OUT = 1, ARG_OPT = 2 };
+
+/* Specs of the binding whose name is in FN: F32(out, 4, ARG_OUT), ARR(labels, NPY_INT64, 1, 0). */
+#define ARR(name, type, ndim, flags) {FN, #name, (type), (ndim), (flags), NULL}
+#define F32(name, ndim, flags) ARR(name, NPY_FLOAT32, ndim, flags)
+/* The O& pair of PyArg_ParseTuple for spec x. */
+#define A(x) to_array, &(x)
+#define DATA(x) ((x).a ? (float *)PyArray_DATA((x).a) : NULL)
+#define DATA_AS(T, x) ((x).a ? (T *)PyArray_DATA((x).a) : NULL)
+#define DIM(x, i) ((int)PyArray_DIM((x).a, (i)))
+/* Largest accepted dimension: sums and doubled sizes of dims stay inside int. */
+#define DIM_MAX (INT_MAX / 2)
+
+/* Sets exc with the formatted message and returns 0: a converter's or a check's failure. */
+static int fail(PyObject *exc, const char *format, ...)
 {
-    if (!PyArray_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s: argument '%s' must be a numpy array, not %s",
-                     fn, arg, Py_TYPE(obj)->tp_name);
-        return NULL;
-    }
-    PyArrayObject *a = (PyArrayObject *)obj;
-    if (PyArray_TYPE(a) != type) {
-        PyArray_Descr *want = PyArray_DescrFromType(type);
-        PyObject *have = PyObject_Str((PyObject *)PyArray_DESCR(a));
-        PyObject *wants = PyObject_Str((PyObject *)want);
-        PyErr_Format(PyExc_TypeError, "%s: argument '%s' must have dtype %U, got %U",
-                     fn, arg, wants, have);
-        Py_XDECREF(have); Py_XDECREF(wants); Py_DECREF(want);
-        return NULL;
-    }
-    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
-        PyErr_Format(PyExc_ValueError, "%s: argument '%s' must be C-contiguous and aligned "
-                     "(use numpy.ascontiguousarray)", fn, arg);
-        return NULL;
-    }
-    if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
-        PyErr_Format(PyExc_ValueError, "%s: argument '%s' must have %d dimensions, got %d",
-                     fn, arg, ndim, PyArray_NDIM(a));
-        return NULL;
-    }
-    if (writable && !PyArray_ISWRITEABLE(a)) {
-        PyErr_Format(PyExc_ValueError, "%s: argument '%s' must be writeable", fn, arg);
-        return NULL;
-    }
-    for (int i = 0; i < PyArray_NDIM(a); i++) {
-        if (PyArray_DIM(a, i) > INT_MAX / 2) {
-            PyErr_Format(PyExc_ValueError, "%s: argument '%s' dimension %d is too large",
-                         fn, arg, i);
-            return NULL;
-        }
-    }
-    return a;
-}
-
-#define F32(obj, arg, nd, wr) as_array((obj), FN, (arg), NPY_FLOAT32, (nd), (wr))
-/* Optional array: None gives NULL with *ok left at 1. */
-static PyArrayObject *opt_array(PyObject *obj, const char *fn, const char *arg,
-                                int ndim, int writable, int *ok)
-{
-    /* after one failure the rest are not checked: no check runs with an error pending */
-    if (!*ok || obj == Py_None) return NULL;
-    PyArrayObject *a = as_array(obj, fn, arg, NPY_FLOAT32, ndim, writable);
-    if (!a) *ok = 0;
-    return a;
-}
-#define OPT(obj, arg, nd, wr) opt_array((obj), FN, (arg), (nd), (wr), &ok)
-#define DATA(a) ((a) ? (float *)PyArray_DATA(a) : NULL)
-#define DIM(a, i) ((int)PyArray_DIM((a), (i)))
-
-static PyObject *shape_str(PyArrayObject *a)
-{
-    PyObject *t = PyTuple_New(PyArray_NDIM(a));
-    if (!t) return NULL;
-    for (int i = 0; i < PyArray_NDIM(a); i++)
-        PyTuple_SET_ITEM(t, i, PyLong_FromSsize_t(PyArray_DIM(a, i)));
-    PyObject *s = PyObject_Str(t);
-    Py_DECREF(t);
-    return s;
-}
-
-static int same_shape(PyArrayObject *a, PyArrayObject *b, const char *fn,
-                      const char *an, const char *bn)
-{
-    if (!a || !b) return 1;
-    if (PyArray_NDIM(a) == PyArray_NDIM(b) &&
-        memcmp(PyArray_DIMS(a), PyArray_DIMS(b), sizeof(npy_intp) * PyArray_NDIM(a)) == 0)
-        return 1;
-    PyObject *sa = shape_str(a), *sb = shape_str(b);
-    if (sa && sb)
-        PyErr_Format(PyExc_ValueError, "%s: argument '%s' has shape %U but '%s' has shape %U "
-                     "(they must match)", fn, an, sa, bn, sb);
-    Py_XDECREF(sa); Py_XDECREF(sb);
+    va_list ap;
+    va_start(ap, format);
+    PyErr_FormatV(exc, format, ap);
+    va_end(ap);
     return 0;
 }
 
-static int status_error(dmcp_status st, const char *fn)
+/* The shape as a tuple, for messages. */
+static PyObject *shape_of(PyArrayObject *a)
+{
+    return PyArray_IntTupleFromIntp(PyArray_NDIM(a), PyArray_DIMS(a));
+}
+
+/* O& converter: obj checked against the arr_arg at `spec`; 1, or 0 with a
+ * TypeError/ValueError naming the function and the argument. */
+static int to_array(PyObject *obj, void *spec)
+{
+    arr_arg *x = spec;
+    x->a = NULL;
+    if (obj == Py_None && (x->flags & ARG_OPT))
+        return 1;
+    if (!PyArray_Check(obj))
+        return fail(PyExc_TypeError, "%s: argument '%s' must be a numpy array, not %s",
+                    x->fn, x->name, Py_TYPE(obj)->tp_name);
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_TYPE(a) != x->type || !PyArray_ISNOTSWAPPED(a)) {
+        PyArray_Descr *want = PyArray_DescrFromType(x->type);
+        if (want == NULL)
+            return 0;
+        PyErr_Format(PyExc_TypeError, "%s: argument '%s' must have dtype %S, got %S%s",
+                     x->fn, x->name, (PyObject *)want, (PyObject *)PyArray_DESCR(a),
+                     PyArray_TYPE(a) == x->type ? " (non-native byte order)" : "");
+        Py_DECREF(want);
+        return 0;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a))
+        return fail(PyExc_ValueError, "%s: argument '%s' must be C-contiguous and aligned "
+                    "(use numpy.ascontiguousarray)", x->fn, x->name);
+    if (x->ndim >= 0 && PyArray_NDIM(a) != x->ndim)
+        return fail(PyExc_ValueError, "%s: argument '%s' must have %d dimensions, got %d",
+                    x->fn, x->name, x->ndim, PyArray_NDIM(a));
+    if ((x->flags & ARG_OUT) && !PyArray_ISWRITEABLE(a))
+        return fail(PyExc_ValueError, "%s: argument '%s' must be writeable", x->fn, x->name);
+    for (int i = 0; i < PyArray_NDIM(a); i++) {
+        if (PyArray_DIM(a, i) > DIM_MAX)
+            return fail(PyExc_ValueError, "%s: argument '%s' dimension %d is too large",
+                        x->fn, x->name, i);
+    }
+    x->a = a;
+    return 1;
+}
+
+/* O& converter for (H, W, C) images: to_array, and no empty dimension. */
+static int to_image(PyObject *obj, void *spec)
+{
+    arr_arg *x = spec;
+    if (!to_array(obj, x))
+        return 0;
+    if (x->a && (DIM(*x, 0) < 1 || DIM(*x, 1) < 1 || DIM(*x, 2) < 1)) {
+        PyObject *shape = shape_of(x->a);
+        if (shape)
+            PyErr_Format(PyExc_ValueError, "%s: argument '%s' is an empty image (shape %S)",
+                         x->fn, x->name, shape);
+        Py_XDECREF(shape);
+        return 0;
+    }
+    return 1;
+}
+#define IMG(name, flags) ARR(name, NPY_UINT8, 3, flags)
+
+/* Whether a and b have one shape (true when either is absent); else a ValueError. */
+static int same_shape(const arr_arg *a, const arr_arg *b)
+{
+    if (!a->a || !b->a)
+        return 1;
+    if (PyArray_NDIM(a->a) == PyArray_NDIM(b->a) &&
+        PyArray_CompareLists(PyArray_DIMS(a->a), PyArray_DIMS(b->a), PyArray_NDIM(a->a)))
+        return 1;
+    PyObject *sa = shape_of(a->a), *sb = shape_of(b->a);
+    if (sa && sb)
+        PyErr_Format(PyExc_ValueError, "%s: argument '%s' has shape %S but '%s' has shape %S "
+                     "(they must match)", a->fn, a->name, sa, b->name, sb);
+    Py_XDECREF(sa);
+    Py_XDECREF(sb);
+    return 0;
+}
+
+/* Whether the 1-D v (true when absent) has at least n entries; else a ValueError. */
+static int check_len(const arr_arg *v, int n)
+{
+    if (v->a && DIM(*v, 0) < n)
+        return fail(PyExc_ValueError, "%s: '%s' has %d entries, needs at least %d",
+                    v->fn, v->name, DIM(*v, 0), n);
+    return 1;
+}
+
+/* H*W of the 4-D x, or -1 with a ValueError when the kernels' int cannot hold it. */
+static int plane_size(const arr_arg *x)
+{
+    const int64_t hw = (int64_t)DIM(*x, 2) * DIM(*x, 3);
+    if (hw > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s: argument '%s' has %lld values per plane (%dx%d), "
+                     "more than %d", x->fn, x->name, (long long)hw, DIM(*x, 2), DIM(*x, 3),
+                     INT_MAX);
+        return -1;
+    }
+    return (int)hw;
+}
+
+/* min_ch + (P's groups) x group_size must be the c channels of 'inp'. */
+static int check_gate_width(const char *fn, int c, int m, int ngroups, int g)
+{
+    if (m < 0 || g < 1 || (int64_t)m + (int64_t)ngroups * g != c)
+        return fail(PyExc_ValueError, "%s: argument 'inp' has %d channels but argument 'P' "
+                    "describes min_ch %d + %d groups x group_size %d (gates run at full "
+                    "width)", fn, c, m, ngroups, g);
+    return 1;
+}
+
+/* Runs stmt without the GIL. */
+#define NOGIL(stmt) do { Py_BEGIN_ALLOW_THREADS stmt; Py_END_ALLOW_THREADS } while (0)
+
+/* None, or NULL with the exception for a kernel's status. */
+static PyObject *done(dmcp_status st, const char *fn)
 {
     switch (st) {
-    case DMCP_OK: return 0;
-    case DMCP_ERR_NOMEM: PyErr_Format(PyExc_MemoryError, "%s: out of memory", fn); break;
-    case DMCP_ERR_SHAPE: PyErr_Format(PyExc_ValueError, "%s: inconsistent sizes", fn); break;
-    default: PyErr_Format(PyExc_ValueError, "%s: value out of range", fn); break;
+    case DMCP_OK: Py_RETURN_NONE;
+    case DMCP_ERR_NOMEM: return PyErr_Format(PyExc_MemoryError, "%s: out of memory", fn);
+    case DMCP_ERR_SHAPE: return PyErr_Format(PyExc_ValueError, "%s: inconsistent sizes", fn);
+    default: return PyErr_Format(PyExc_ValueError, "%s: value out of range", fn);
     }
-    return -1;
 }
 
-/* ---------------------------------------------------------------- scratch */
-
-/* One scratch buffer sized to the largest request so far, shared by all
- * calls; a mutex serialises users when Python threads call in parallel. */
-static pthread_mutex_t scratch_lock = PTHREAD_MUTEX_INITIALIZER;
-static float *scratch_buf = NULL;
-static size_t scratch_len = 0;
-
-static float *scratch_acquire(size_t floats, int *ok)
-{
-    pthread_mutex_lock(&scratch_lock);
-    *ok = 1;
-    if (floats > scratch_len) {
-        free(scratch_buf);
-        scratch_buf = NULL;
-        scratch_len = 0;
-        size_t bytes = ((floats * sizeof(float) + 63) / 64) * 64;
-        if (posix_memalign((void **)&scratch_buf, 64, bytes) != 0) {
-            scratch_buf = NULL;
-            *ok = 0;
-            return NULL;
-        }
-        scratch_len = floats;
-    }
-    return scratch_buf;
-}
-
-static void scratch_release(void) { pthread_mutex_unlock(&scratch_lock); }
+/* ---------------------------------------------------------------- scratch, allocator */
 
 static PyObject *py_scratch_floats(PyObject *self, PyObject *noargs)
 {
-    return PyLong_FromSize_t(scratch_len);
+    return PyLong_FromSize_t(scratch_floats());
 }
 
 static PyObject *py_scratch_free(PyObject *self, PyObject *noargs)
 {
-    pthread_mutex_lock(&scratch_lock);
-    free(scratch_buf);
-    scratch_buf = NULL;
-    scratch_len = 0;
-    pthread_mutex_unlock(&scratch_lock);
+    scratch_free();
     Py_RETURN_NONE;
+}
+
+static PyObject *py_keep_freed_memory(PyObject *self, PyObject *noargs)
+{
+    return PyBool_FromLong(keep_freed_memory());
 }
 
 /* ---------------------------------------------------------------- conv2d */
 
 /* Builds and validates the conv shape from inp (N,c,H,W), weight
- * (OCf, Cg, KH, KW) and out (N,oc,OH,OW). */
-static int conv_shape_from(conv_shape *s, const char *fn, PyArrayObject *inp, PyArrayObject *weight,
-                           PyArrayObject *out, const char *out_name,
-                           int sh, int sw, int ph, int pw, int dh, int dw, int groups)
+ * (OCf, Cg, KH, KW) and out (N,oc,OH,OW) (out: 'out' or 'dout'). */
+static int conv_shape_from(conv_shape *s, const arr_arg *inp, const arr_arg *weight,
+                           const arr_arg *out, const int geom[7])
 {
-    if (sh < 1 || sw < 1 || dh < 1 || dw < 1 || ph < 0 || pw < 0 || groups < 1) {
-        PyErr_Format(PyExc_ValueError, "%s: stride and dilation must be >= 1, padding >= 0 and "
-                     "groups >= 1 (got stride=(%d,%d) padding=(%d,%d) dilation=(%d,%d) groups=%d)",
-                     fn, sh, sw, ph, pw, dh, dw, groups);
-        return 0;
-    }
+    const char *fn = inp->fn, *out_name = out->name;
+    const int sh = geom[0], sw = geom[1], ph = geom[2], pw = geom[3], dh = geom[4], dw = geom[5];
+    const int groups = geom[6];
+    if (sh < 1 || sw < 1 || dh < 1 || dw < 1 || ph < 0 || pw < 0 || groups < 1)
+        return fail(PyExc_ValueError, "%s: stride and dilation must be >= 1, padding >= 0 and "
+                    "groups >= 1 (got stride=(%d,%d) padding=(%d,%d) dilation=(%d,%d) groups=%d)",
+                    fn, sh, sw, ph, pw, dh, dw, groups);
     /* bounded so that every size the kernels derive (padded planes, phase
      * grids, dilated spans) stays far inside int */
     const int lim = 1 << 16;
-    if (sh > lim || sw > lim || ph > lim || pw > lim || dh > lim || dw > lim) {
-        PyErr_Format(PyExc_ValueError, "%s: stride, padding and dilation must be at most %d "
-                     "(got stride=(%d,%d) padding=(%d,%d) dilation=(%d,%d))",
-                     fn, lim, sh, sw, ph, pw, dh, dw);
-        return 0;
-    }
+    if (sh > lim || sw > lim || ph > lim || pw > lim || dh > lim || dw > lim)
+        return fail(PyExc_ValueError, "%s: stride, padding and dilation must be at most %d "
+                    "(got stride=(%d,%d) padding=(%d,%d) dilation=(%d,%d))",
+                    fn, lim, sh, sw, ph, pw, dh, dw);
     memset(s, 0, sizeof(*s));
-    s->n = DIM(inp, 0); s->c = DIM(inp, 1); s->h = DIM(inp, 2); s->w = DIM(inp, 3);
-    s->oc = DIM(out, 1);
-    s->kh = DIM(weight, 2); s->kw = DIM(weight, 3);
+    s->n = DIM(*inp, 0); s->c = DIM(*inp, 1); s->h = DIM(*inp, 2); s->w = DIM(*inp, 3);
+    s->oc = DIM(*out, 1);
+    s->kh = DIM(*weight, 2); s->kw = DIM(*weight, 3);
     s->sh = sh; s->sw = sw; s->ph = ph; s->pw = pw; s->dh = dh; s->dw = dw;
     s->groups = groups;
-    s->w_cin_full = DIM(weight, 1);
-    const int ocf = DIM(weight, 0);
-    if (s->n < 1 || s->c < 1 || s->h < 1 || s->w < 1 || s->oc < 1 || s->kh < 1 || s->kw < 1) {
-        PyErr_Format(PyExc_ValueError, "%s: zero-size input, output or weight (inp %dx%dx%dx%d, "
-                     "%s channels %d, kernel %dx%d)", fn, s->n, s->c, s->h, s->w, out_name,
-                     s->oc, s->kh, s->kw);
-        return 0;
-    }
-    if (DIM(out, 0) != s->n) {
-        PyErr_Format(PyExc_ValueError, "%s: '%s' batch %d differs from 'inp' batch %d",
-                     fn, out_name, DIM(out, 0), s->n);
-        return 0;
-    }
-    if (s->oc > ocf) {
-        PyErr_Format(PyExc_ValueError, "%s: '%s' has %d channels but 'weight' only %d outputs",
-                     fn, out_name, s->oc, ocf);
-        return 0;
-    }
+    s->w_cin_full = DIM(*weight, 1);
+    const int ocf = DIM(*weight, 0);
+    if (s->n < 1 || s->c < 1 || s->h < 1 || s->w < 1 || s->oc < 1 || s->kh < 1 || s->kw < 1)
+        return fail(PyExc_ValueError, "%s: zero-size input, output or weight (inp %dx%dx%dx%d, "
+                    "%s channels %d, kernel %dx%d)", fn, s->n, s->c, s->h, s->w, out_name,
+                    s->oc, s->kh, s->kw);
+    if (DIM(*out, 0) != s->n)
+        return fail(PyExc_ValueError, "%s: '%s' batch %d differs from 'inp' batch %d",
+                    fn, out_name, DIM(*out, 0), s->n);
+    if (s->oc > ocf)
+        return fail(PyExc_ValueError, "%s: '%s' has %d channels but 'weight' only %d outputs",
+                    fn, out_name, s->oc, ocf);
     if (groups == 1) {
-        if (s->c > s->w_cin_full) {
-            PyErr_Format(PyExc_ValueError, "%s: 'inp' has %d channels but 'weight' only %d inputs",
-                         fn, s->c, s->w_cin_full);
-            return 0;
-        }
+        if (s->c > s->w_cin_full)
+            return fail(PyExc_ValueError, "%s: 'inp' has %d channels but 'weight' only %d inputs",
+                        fn, s->c, s->w_cin_full);
     } else if (groups == s->c && s->w_cin_full == 1) {
-        if (s->oc != s->c) {
-            PyErr_Format(PyExc_ValueError, "%s: depthwise conv needs as many output channels as "
-                         "input channels ('%s' %d, 'inp' %d)", fn, out_name, s->oc, s->c);
-            return 0;
-        }
-    } else {
-        if (s->c % groups || s->oc % groups || s->c / groups != s->w_cin_full || s->oc != ocf) {
-            PyErr_Format(PyExc_ValueError, "%s: grouped conv (groups=%d) needs 'inp' channels %d "
-                         "and '%s' channels %d divisible by groups and equal to the weight's "
-                         "(%d, %d x groups)", fn, groups, s->c, out_name, s->oc, ocf, s->w_cin_full);
-            return 0;
-        }
+        if (s->oc != s->c)
+            return fail(PyExc_ValueError, "%s: depthwise conv needs as many output channels as "
+                        "input channels ('%s' %d, 'inp' %d)", fn, out_name, s->oc, s->c);
+    } else if (s->c % groups || s->oc % groups || s->c / groups != s->w_cin_full || s->oc != ocf) {
+        return fail(PyExc_ValueError, "%s: grouped conv (groups=%d) needs 'inp' channels %d "
+                    "and '%s' channels %d divisible by groups and equal to the weight's "
+                    "(%d, %d x groups)", fn, groups, s->c, out_name, s->oc, ocf, s->w_cin_full);
     }
-    if (conv2d_shape_finish(s) != DMCP_OK) {
-        PyErr_Format(PyExc_ValueError, "%s: kernel %dx%d (dilation %d,%d) does not fit input "
-                     "%dx%d with padding %d,%d", fn, s->kh, s->kw, dh, dw, s->h, s->w, ph, pw);
-        return 0;
-    }
-    if (DIM(out, 2) != s->oh || DIM(out, 3) != s->ow) {
-        PyErr_Format(PyExc_ValueError, "%s: '%s' spatial size %dx%d, expected %dx%d",
-                     fn, out_name, DIM(out, 2), DIM(out, 3), s->oh, s->ow);
-        return 0;
-    }
-    return 1;
-}
-
-static int check_bias(PyArrayObject *b, const char *fn, const char *name, int oc)
-{
-    if (b && DIM(b, 0) < oc) {
-        PyErr_Format(PyExc_ValueError, "%s: '%s' has %d entries, needs at least %d",
-                     fn, name, DIM(b, 0), oc);
-        return 0;
-    }
+    if (conv2d_shape_finish(s) != DMCP_OK)
+        return fail(PyExc_ValueError, "%s: kernel %dx%d (dilation %d,%d) does not fit input "
+                    "%dx%d with padding %d,%d", fn, s->kh, s->kw, dh, dw, s->h, s->w, ph, pw);
+    if (DIM(*out, 2) != s->oh || DIM(*out, 3) != s->ow)
+        return fail(PyExc_ValueError, "%s: '%s' spatial size %dx%d, expected %dx%d",
+                    fn, out_name, DIM(*out, 2), DIM(*out, 3), s->oh, s->ow);
     return 1;
 }
 
 static PyObject *conv_forward_impl(PyObject *args, const char *FN, int naive)
 {
-    PyObject *o_out, *o_inp, *o_w, *o_b;
-    int sh, sw, ph, pw, dh, dw, groups, ok = 1;
-    if (!PyArg_ParseTuple(args, "OOOOiiiiiii", &o_out, &o_inp, &o_w, &o_b,
-                          &sh, &sw, &ph, &pw, &dh, &dw, &groups)) return NULL;
-    PyArrayObject *out = F32(o_out, "out", 4, 1), *inp, *w, *b;
-    if (!out || !(inp = F32(o_inp, "inp", 4, 0)) || !(w = F32(o_w, "weight", 4, 0))) return NULL;
-    b = OPT(o_b, "bias", 1, 0);
-    if (!ok) return NULL;
+    arr_arg out = F32(out, 4, ARG_OUT), inp = F32(inp, 4, 0), w = F32(weight, 4, 0),
+            b = F32(bias, 1, ARG_OPT);
+    int g[7];
     conv_shape s;
-    if (!conv_shape_from(&s, FN, inp, w, out, "out", sh, sw, ph, pw, dh, dw, groups)) return NULL;
-    if (!check_bias(b, FN, "bias", s.oc)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&O&O&O&iiiiiii", A(out), A(inp), A(w), A(b), &g[0], &g[1],
+                          &g[2], &g[3], &g[4], &g[5], &g[6]) ||
+        !conv_shape_from(&s, &inp, &w, &out, g) || !check_len(&b, s.oc))
+        return NULL;
     dmcp_status st;
     Py_BEGIN_ALLOW_THREADS
     if (naive) {
@@ -285,31 +293,26 @@ static PyObject *conv_forward_impl(PyObject *args, const char *FN, int naive)
         scratch_release();
     }
     Py_END_ALLOW_THREADS
-    if (status_error(st, FN)) return NULL;
-    Py_RETURN_NONE;
+    return done(st, FN);
 }
 
 static PyObject *conv_backward_impl(PyObject *args, const char *FN, int naive)
 {
-    PyObject *o_dinp, *o_dw, *o_db, *o_dout, *o_inp, *o_w;
-    int sh, sw, ph, pw, dh, dw, groups, accumulate = 1, ok = 1;
-    if (!PyArg_ParseTuple(args, "OOOOOOiiiiiii|p", &o_dinp, &o_dw, &o_db, &o_dout, &o_inp, &o_w,
-                          &sh, &sw, &ph, &pw, &dh, &dw, &groups, &accumulate)) return NULL;
-    PyArrayObject *dinp = OPT(o_dinp, "dinp", 4, 1);
-    PyArrayObject *dwt = OPT(o_dw, "dweight", 4, 1);
-    PyArrayObject *db = OPT(o_db, "dbias", 1, 1);
-    if (!ok) return NULL;
-    PyArrayObject *dout, *inp, *w;
-    if (!(dout = F32(o_dout, "dout", 4, 0)) || !(inp = F32(o_inp, "inp", 4, 0)) ||
-        !(w = F32(o_w, "weight", 4, 0))) return NULL;
+    arr_arg dinp = F32(dinp, 4, ARG_OUT | ARG_OPT), dwt = F32(dweight, 4, ARG_OUT | ARG_OPT),
+            db = F32(dbias, 1, ARG_OUT | ARG_OPT), dout = F32(dout, 4, 0), inp = F32(inp, 4, 0),
+            w = F32(weight, 4, 0);
+    int g[7], accumulate = 1;
     conv_shape s;
-    if (!conv_shape_from(&s, FN, inp, w, dout, "dout", sh, sw, ph, pw, dh, dw, groups)) return NULL;
-    if (!same_shape(dinp, inp, FN, "dinp", "inp") || !same_shape(dwt, w, FN, "dweight", "weight") ||
-        !check_bias(db, FN, "dbias", s.oc)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&O&O&O&O&O&iiiiiii|p", A(dinp), A(dwt), A(db), A(dout),
+                          A(inp), A(w), &g[0], &g[1], &g[2], &g[3], &g[4], &g[5], &g[6],
+                          &accumulate) ||
+        !conv_shape_from(&s, &inp, &w, &dout, g) || !same_shape(&dinp, &inp) ||
+        !same_shape(&dwt, &w) || !check_len(&db, s.oc))
+        return NULL;
     dmcp_status st;
     Py_BEGIN_ALLOW_THREADS
-    if (dinp != NULL && !accumulate)   /* overwrite: zeroed here, on every thread */
-        fill_zero(DATA(dinp), (size_t)PyArray_SIZE(dinp));
+    if (dinp.a != NULL && !accumulate)   /* overwrite: zeroed here, on every thread */
+        fill_zero(DATA(dinp), (size_t)PyArray_SIZE(dinp.a));
     if (naive) {
         st = conv2d_backward_naive(DATA(dinp), DATA(dwt), DATA(db), DATA(dout), DATA(inp),
                                    DATA(w), &s);
@@ -322,8 +325,7 @@ static PyObject *conv_backward_impl(PyObject *args, const char *FN, int naive)
         scratch_release();
     }
     Py_END_ALLOW_THREADS
-    if (status_error(st, FN)) return NULL;
-    Py_RETURN_NONE;
+    return done(st, FN);
 }
 
 static PyObject *py_conv2d_forward(PyObject *self, PyObject *args)
@@ -334,24 +336,6 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
 { return conv_backward_impl(args, "conv2d_backward", 0); }
 static PyObject *py_conv2d_backward_naive(PyObject *self, PyObject *args)
 { return conv_backward_impl(args, "conv2d_backward_naive", 1); }
-
-/* ---------------------------------------------------------------- memory */
-
-/* A training step frees and reallocates the same large activation buffers
- * every step.  glibc serves blocks above its mmap threshold with fresh
- * mappings and returns them on free, so every step pays page faults and the
- * kernel's page zeroing again (MobileNetV2 batch 32: 25,000 faults and about
- * 0.5 CPU-s per step).  Serving them from the heap and keeping freed memory
- * reuses the pages.  Returns whether the allocator accepted the settings. */
-static PyObject *py_keep_freed_memory(PyObject *self, PyObject *noargs)
-{
-#ifdef __GLIBC__
-    const int ok = mallopt(M_MMAP_MAX, 0) && mallopt(M_TRIM_THRESHOLD, INT_MAX);
-    return PyBool_FromLong(ok);
-#else
-    Py_RETURN_FALSE;
-#endif
-}
 
 /* ---------------------------------------------------------------- ISA variants */
 
@@ -405,51 +389,32 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg)
 
 /* ---------------------------------------------------------------- batchnorm */
 
-static int check_vec(PyArrayObject *v, const char *fn, const char *name, int c)
-{
-    return check_bias(v, fn, name, c);
-}
-
 /* The keyword-only epilogue of the batchnorm calls: P (gate values, full unit
  * width), dP (backward), min_ch, group_size, act (None, 0 = ReLU, cap).
- * Fills *ep and returns it, NULL for plain BN, or sets *ok = 0 on an error. */
-static const bn_epilogue *parse_epilogue(const char *fn, PyObject *o_P, PyObject *o_dP,
-                                         int m, int g, PyObject *o_act, int c,
-                                         bn_epilogue *ep, int *ok)
+ * Fills *ep and sets *use to it, or to NULL for plain BN; 0 on an error. */
+static int parse_epilogue(const arr_arg *P, const arr_arg *dP, int m, int g, PyObject *o_act,
+                          int c, bn_epilogue *ep, const bn_epilogue **use)
 {
+    const char *fn = P->fn;
     *ep = (bn_epilogue){NULL, NULL, 0, 1, 0, -1.0f};
     if (o_act && o_act != Py_None) {
         const double act = PyFloat_AsDouble(o_act);
-        if (act == -1.0 && PyErr_Occurred()) { *ok = 0; return NULL; }
-        if (!(act >= 0.0)) {
-            PyErr_Format(PyExc_ValueError, "%s: act must be None, 0 (ReLU) or a positive cap, "
-                         "got %R", fn, o_act);
-            *ok = 0;
-            return NULL;
-        }
+        if (act == -1.0 && PyErr_Occurred())
+            return 0;
+        if (!(act >= 0.0))
+            return fail(PyExc_ValueError, "%s: act must be None, 0 (ReLU) or a positive cap, "
+                        "got %R", fn, o_act);
         ep->act = (float)act;
     }
-    PyArrayObject *P = o_P ? opt_array(o_P, fn, "P", 1, 0, ok) : NULL;
-    PyArrayObject *dP = o_dP ? opt_array(o_dP, fn, "dP", 1, 1, ok) : NULL;
-    if (!*ok) return NULL;
-    if (dP && !P) {
-        PyErr_Format(PyExc_ValueError, "%s: 'dP' needs 'P'", fn);
-        *ok = 0;
-        return NULL;
+    if (dP->a && !P->a)
+        return fail(PyExc_ValueError, "%s: 'dP' needs 'P'", fn);
+    if (P->a) {
+        if (!check_gate_width(fn, c, m, DIM(*P, 0), g) || !same_shape(dP, P))
+            return 0;
+        ep->P = DATA(*P); ep->dP = DATA(*dP); ep->m = m; ep->g = g; ep->ngroups = DIM(*P, 0);
     }
-    if (P) {
-        const int ng = DIM(P, 0);
-        if (m < 0 || g < 1 || (long)m + (long)ng * g != c) {
-            PyErr_Format(PyExc_ValueError, "%s: argument 'inp' has %d channels but argument 'P' "
-                         "describes min_ch %d + %d groups x group_size %d (gates run at full "
-                         "width)", fn, c, m, ng, g);
-            *ok = 0;
-            return NULL;
-        }
-        if (!same_shape(dP, P, fn, "dP", "P")) { *ok = 0; return NULL; }
-        ep->P = DATA(P); ep->dP = DATA(dP); ep->m = m; ep->g = g; ep->ngroups = ng;
-    }
-    return (P || ep->act >= 0.0f) ? ep : NULL;
+    *use = (P->a || ep->act >= 0.0f) ? ep : NULL;
+    return 1;
 }
 
 static PyObject *py_batchnorm_forward_train(PyObject *self, PyObject *args, PyObject *kw)
@@ -458,49 +423,39 @@ static PyObject *py_batchnorm_forward_train(PyObject *self, PyObject *args, PyOb
     static char *kwlist[] = {"out", "save_mean", "save_invstd", "running_mean", "running_var",
                              "inp", "gamma", "beta", "momentum", "eps", "P", "min_ch",
                              "group_size", "act", NULL};
-    PyObject *o_out, *o_sm, *o_si, *o_rm, *o_rv, *o_inp, *o_g, *o_b, *o_P = NULL, *o_act = NULL;
+    arr_arg out = F32(out, 4, ARG_OUT), sm = F32(save_mean, 1, ARG_OUT),
+            si = F32(save_invstd, 1, ARG_OUT), rm = F32(running_mean, 1, ARG_OUT),
+            rv = F32(running_var, 1, ARG_OUT), inp = F32(inp, 4, 0), g = F32(gamma, 1, ARG_OPT),
+            b = F32(beta, 1, ARG_OPT), P = F32(P, 1, ARG_OPT), dP = F32(dP, 1, ARG_OPT);
+    PyObject *o_act = NULL;
     float momentum, eps;
-    int m = 0, gs = 1, ok = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOOff|$OiiO", kwlist, &o_out, &o_sm, &o_si,
-                                     &o_rm, &o_rv, &o_inp, &o_g, &o_b, &momentum, &eps, &o_P,
-                                     &m, &gs, &o_act)) return NULL;
-    PyArrayObject *out, *sm, *si, *rm, *rv, *inp, *g, *b;
-    if (!(out = F32(o_out, "out", 4, 1)) || !(sm = F32(o_sm, "save_mean", 1, 1)) ||
-        !(si = F32(o_si, "save_invstd", 1, 1)) || !(rm = F32(o_rm, "running_mean", 1, 1)) ||
-        !(rv = F32(o_rv, "running_var", 1, 1)) || !(inp = F32(o_inp, "inp", 4, 0))) return NULL;
-    g = OPT(o_g, "gamma", 1, 0);
-    b = OPT(o_b, "beta", 1, 0);
-    if (!ok || !same_shape(out, inp, FN, "out", "inp")) return NULL;
-    const int n = DIM(inp, 0), c = DIM(inp, 1), hw = DIM(inp, 2) * DIM(inp, 3);
-    if (c < 1) {
-        PyErr_Format(PyExc_ValueError, "%s: argument 'inp' has no channels", FN);
+    int m = 0, gs = 1, hw;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&O&O&O&O&O&O&ff|$O&iiO", kwlist, A(out),
+                                     A(sm), A(si), A(rm), A(rv), A(inp), A(g), A(b), &momentum,
+                                     &eps, A(P), &m, &gs, &o_act) ||
+        !same_shape(&out, &inp) || (hw = plane_size(&inp)) < 0)
         return NULL;
-    }
-    if ((long)n * hw < 2) {
-        PyErr_Format(PyExc_ValueError, "%s: expected more than 1 value per channel when "
-                     "training (inp shape %d,%d,%d,%d)", FN, n, c, DIM(inp, 2), DIM(inp, 3));
+    const int n = DIM(inp, 0), c = DIM(inp, 1);
+    if (c < 1)
+        return PyErr_Format(PyExc_ValueError, "%s: argument 'inp' has no channels", FN);
+    if ((int64_t)n * hw < 2)
+        return PyErr_Format(PyExc_ValueError, "%s: expected more than 1 value per channel when "
+                            "training (inp shape %d,%d,%d,%d)", FN, n, c, DIM(inp, 2), DIM(inp, 3));
+    if (DIM(sm, 0) != c || DIM(si, 0) != c)
+        return PyErr_Format(PyExc_ValueError, "%s: 'save_mean'/'save_invstd' must have %d entries",
+                            FN, c);
+    if (!check_len(&rm, c) || !check_len(&rv, c) || !check_len(&g, c) || !check_len(&b, c))
         return NULL;
-    }
-    if (DIM(sm, 0) != c || DIM(si, 0) != c) {
-        PyErr_Format(PyExc_ValueError, "%s: 'save_mean'/'save_invstd' must have %d entries", FN, c);
-        return NULL;
-    }
-    if (!check_vec(rm, FN, "running_mean", c) || !check_vec(rv, FN, "running_var", c) ||
-        !check_vec(g, FN, "gamma", c) || !check_vec(b, FN, "beta", c)) return NULL;
-    if (!(eps > 0.0f)) {
-        PyErr_Format(PyExc_ValueError, "%s: eps must be > 0", FN);
-        return NULL;
-    }
+    if (!(eps > 0.0f))
+        return PyErr_Format(PyExc_ValueError, "%s: eps must be > 0", FN);
     bn_epilogue epv;
-    const bn_epilogue *ep = parse_epilogue(FN, o_P, NULL, m, gs, o_act, c, &epv, &ok);
-    if (!ok) return NULL;
+    const bn_epilogue *ep;
+    if (!parse_epilogue(&P, &dP, m, gs, o_act, c, &epv, &ep))
+        return NULL;
     dmcp_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = batchnorm_forward_train(DATA(out), DATA(sm), DATA(si), DATA(rm), DATA(rv), DATA(inp),
-                                 DATA(g), DATA(b), n, c, hw, momentum, eps, ep);
-    Py_END_ALLOW_THREADS
-    if (status_error(st, FN)) return NULL;
-    Py_RETURN_NONE;
+    NOGIL(st = batchnorm_forward_train(DATA(out), DATA(sm), DATA(si), DATA(rm), DATA(rv),
+                                       DATA(inp), DATA(g), DATA(b), n, c, hw, momentum, eps, ep));
+    return done(st, FN);
 }
 
 static PyObject *py_batchnorm_forward_eval(PyObject *self, PyObject *args, PyObject *kw)
@@ -508,32 +463,26 @@ static PyObject *py_batchnorm_forward_eval(PyObject *self, PyObject *args, PyObj
     const char *FN = "batchnorm_forward_eval";
     static char *kwlist[] = {"out", "inp", "gamma", "beta", "running_mean", "running_var", "eps",
                              "P", "min_ch", "group_size", "act", NULL};
-    PyObject *o_out, *o_inp, *o_g, *o_b, *o_rm, *o_rv, *o_P = NULL, *o_act = NULL;
+    arr_arg out = F32(out, 4, ARG_OUT), inp = F32(inp, 4, 0), g = F32(gamma, 1, ARG_OPT),
+            b = F32(beta, 1, ARG_OPT), rm = F32(running_mean, 1, 0), rv = F32(running_var, 1, 0),
+            P = F32(P, 1, ARG_OPT), dP = F32(dP, 1, ARG_OPT);
+    PyObject *o_act = NULL;
     float eps;
-    int m = 0, gs = 1, ok = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOf|$OiiO", kwlist, &o_out, &o_inp, &o_g,
-                                     &o_b, &o_rm, &o_rv, &eps, &o_P, &m, &gs, &o_act))
+    int m = 0, gs = 1, hw;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&O&O&O&O&f|$O&iiO", kwlist, A(out), A(inp),
+                                     A(g), A(b), A(rm), A(rv), &eps, A(P), &m, &gs, &o_act) ||
+        !same_shape(&out, &inp) || (hw = plane_size(&inp)) < 0)
         return NULL;
-    PyArrayObject *out, *inp, *g, *b, *rm, *rv;
-    if (!(out = F32(o_out, "out", 4, 1)) || !(inp = F32(o_inp, "inp", 4, 0)) ||
-        !(rm = F32(o_rm, "running_mean", 1, 0)) || !(rv = F32(o_rv, "running_var", 1, 0)))
-        return NULL;
-    g = OPT(o_g, "gamma", 1, 0);
-    b = OPT(o_b, "beta", 1, 0);
-    if (!ok || !same_shape(out, inp, FN, "out", "inp")) return NULL;
-    const int n = DIM(inp, 0), c = DIM(inp, 1), hw = DIM(inp, 2) * DIM(inp, 3);
-    if (!check_vec(rm, FN, "running_mean", c) || !check_vec(rv, FN, "running_var", c) ||
-        !check_vec(g, FN, "gamma", c) || !check_vec(b, FN, "beta", c)) return NULL;
+    const int n = DIM(inp, 0), c = DIM(inp, 1);
     bn_epilogue epv;
-    const bn_epilogue *ep = parse_epilogue(FN, o_P, NULL, m, gs, o_act, c, &epv, &ok);
-    if (!ok) return NULL;
+    const bn_epilogue *ep;
+    if (!check_len(&rm, c) || !check_len(&rv, c) || !check_len(&g, c) || !check_len(&b, c) ||
+        !parse_epilogue(&P, &dP, m, gs, o_act, c, &epv, &ep))
+        return NULL;
     dmcp_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = batchnorm_forward_eval(DATA(out), DATA(inp), DATA(g), DATA(b), DATA(rm), DATA(rv),
-                                n, c, hw, eps, ep);
-    Py_END_ALLOW_THREADS
-    if (status_error(st, FN)) return NULL;
-    Py_RETURN_NONE;
+    NOGIL(st = batchnorm_forward_eval(DATA(out), DATA(inp), DATA(g), DATA(b), DATA(rm), DATA(rv),
+                                      n, c, hw, eps, ep));
+    return done(st, FN);
 }
 
 static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args, PyObject *kw)
@@ -542,36 +491,29 @@ static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args, PyObject 
     static char *kwlist[] = {"dinp", "dgamma", "dbeta", "dout", "inp", "mean", "invstd", "gamma",
                              "train", "accumulate", "beta", "P", "dP", "min_ch", "group_size",
                              "act", NULL};
-    PyObject *o_dinp, *o_dg, *o_db, *o_dout, *o_inp, *o_m, *o_is, *o_g;
-    PyObject *o_b = Py_None, *o_P = NULL, *o_dP = NULL, *o_act = NULL;
-    int train, accumulate = 1, m0 = 0, gs = 1, ok = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOOp|p$OOOiiO", kwlist, &o_dinp, &o_dg,
-                                     &o_db, &o_dout, &o_inp, &o_m, &o_is, &o_g, &train,
-                                     &accumulate, &o_b, &o_P, &o_dP, &m0, &gs, &o_act))
+    arr_arg dinp = F32(dinp, 4, ARG_OUT | ARG_OPT), dg = F32(dgamma, 1, ARG_OUT | ARG_OPT),
+            db = F32(dbeta, 1, ARG_OUT | ARG_OPT), dout = F32(dout, 4, 0), inp = F32(inp, 4, 0),
+            mean = F32(mean, 1, 0), is = F32(invstd, 1, 0), g = F32(gamma, 1, ARG_OPT),
+            b = F32(beta, 1, ARG_OPT), P = F32(P, 1, ARG_OPT), dP = F32(dP, 1, ARG_OUT | ARG_OPT);
+    PyObject *o_act = NULL;
+    int train, accumulate = 1, m = 0, gs = 1, hw;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&O&O&O&O&O&O&p|p$O&O&O&iiO", kwlist, A(dinp),
+                                     A(dg), A(db), A(dout), A(inp), A(mean), A(is), A(g), &train,
+                                     &accumulate, A(b), A(P), A(dP), &m, &gs, &o_act) ||
+        !same_shape(&dout, &inp) || !same_shape(&dinp, &inp) || (hw = plane_size(&inp)) < 0)
         return NULL;
-    PyArrayObject *dinp = OPT(o_dinp, "dinp", 4, 1), *dg = OPT(o_dg, "dgamma", 1, 1),
-                  *db = OPT(o_db, "dbeta", 1, 1), *g = OPT(o_g, "gamma", 1, 0),
-                  *b = OPT(o_b, "beta", 1, 0);
-    if (!ok) return NULL;
-    PyArrayObject *dout, *inp, *m, *is;
-    if (!(dout = F32(o_dout, "dout", 4, 0)) || !(inp = F32(o_inp, "inp", 4, 0)) ||
-        !(m = F32(o_m, "mean", 1, 0)) || !(is = F32(o_is, "invstd", 1, 0))) return NULL;
-    if (!same_shape(dout, inp, FN, "dout", "inp") || !same_shape(dinp, inp, FN, "dinp", "inp"))
-        return NULL;
-    const int n = DIM(inp, 0), c = DIM(inp, 1), hw = DIM(inp, 2) * DIM(inp, 3);
-    if (!check_vec(m, FN, "mean", c) || !check_vec(is, FN, "invstd", c) ||
-        !check_vec(g, FN, "gamma", c) || !check_vec(b, FN, "beta", c) ||
-        !check_vec(dg, FN, "dgamma", c) || !check_vec(db, FN, "dbeta", c)) return NULL;
+    const int n = DIM(inp, 0), c = DIM(inp, 1);
     bn_epilogue epv;
-    const bn_epilogue *ep = parse_epilogue(FN, o_P, o_dP, m0, gs, o_act, c, &epv, &ok);
-    if (!ok) return NULL;
+    const bn_epilogue *ep;
+    if (!check_len(&mean, c) || !check_len(&is, c) || !check_len(&g, c) || !check_len(&b, c) ||
+        !check_len(&dg, c) || !check_len(&db, c) ||
+        !parse_epilogue(&P, &dP, m, gs, o_act, c, &epv, &ep))
+        return NULL;
     dmcp_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = batchnorm_backward(DATA(dinp), DATA(dg), DATA(db), DATA(dout), DATA(inp), DATA(m),
-                            DATA(is), DATA(g), DATA(b), n, c, hw, train, accumulate, ep);
-    Py_END_ALLOW_THREADS
-    if (status_error(st, FN)) return NULL;
-    Py_RETURN_NONE;
+    NOGIL(st = batchnorm_backward(DATA(dinp), DATA(dg), DATA(db), DATA(dout), DATA(inp),
+                                  DATA(mean), DATA(is), DATA(g), DATA(b), n, c, hw, train,
+                                  accumulate, ep));
+    return done(st, FN);
 }
 
 /* ---------------------------------------------------------------- elementwise */
@@ -579,80 +521,57 @@ static PyObject *py_batchnorm_backward(PyObject *self, PyObject *args, PyObject 
 static PyObject *py_relu_forward(PyObject *self, PyObject *args)
 {
     const char *FN = "relu_forward";
-    PyObject *o_out, *o_inp;
+    arr_arg out = F32(out, -1, ARG_OUT), inp = F32(inp, -1, 0);
     float cap = 0.0f;
-    if (!PyArg_ParseTuple(args, "OO|f", &o_out, &o_inp, &cap)) return NULL;
-    PyArrayObject *out, *inp;
-    if (!(out = F32(o_out, "out", -1, 1)) || !(inp = F32(o_inp, "inp", -1, 0))) return NULL;
-    if (!same_shape(out, inp, FN, "out", "inp")) return NULL;
-    size_t len = PyArray_SIZE(inp);
-    Py_BEGIN_ALLOW_THREADS
-    relu_forward(DATA(out), DATA(inp), len, cap);
-    Py_END_ALLOW_THREADS
+    if (!PyArg_ParseTuple(args, "O&O&|f", A(out), A(inp), &cap) || !same_shape(&out, &inp))
+        return NULL;
+    NOGIL(relu_forward(DATA(out), DATA(inp), (size_t)PyArray_SIZE(inp.a), cap));
     Py_RETURN_NONE;
 }
 
 static PyObject *py_relu_backward(PyObject *self, PyObject *args)
 {
     const char *FN = "relu_backward";
-    PyObject *o_dinp, *o_dout, *o_out;
+    arr_arg dinp = F32(dinp, -1, ARG_OUT), dout = F32(dout, -1, 0), out = F32(out, -1, 0);
     float cap = 0.0f;
     int accumulate = 1;
-    if (!PyArg_ParseTuple(args, "OOO|fp", &o_dinp, &o_dout, &o_out, &cap, &accumulate)) return NULL;
-    PyArrayObject *dinp, *dout, *out;
-    if (!(dinp = F32(o_dinp, "dinp", -1, 1)) || !(dout = F32(o_dout, "dout", -1, 0)) ||
-        !(out = F32(o_out, "out", -1, 0))) return NULL;
-    if (!same_shape(dinp, dout, FN, "dinp", "dout") || !same_shape(out, dout, FN, "out", "dout"))
+    if (!PyArg_ParseTuple(args, "O&O&O&|fp", A(dinp), A(dout), A(out), &cap, &accumulate) ||
+        !same_shape(&dinp, &dout) || !same_shape(&out, &dout))
         return NULL;
-    size_t len = PyArray_SIZE(out);
-    Py_BEGIN_ALLOW_THREADS
-    relu_backward(DATA(dinp), DATA(dout), DATA(out), len, cap, accumulate);
-    Py_END_ALLOW_THREADS
+    NOGIL(relu_backward(DATA(dinp), DATA(dout), DATA(out), (size_t)PyArray_SIZE(out.a), cap,
+                        accumulate));
     Py_RETURN_NONE;
 }
 
 static PyObject *py_add_forward(PyObject *self, PyObject *args)
 {
     const char *FN = "add_forward";
-    PyObject *o_out, *o_a, *o_b;
-    if (!PyArg_ParseTuple(args, "OOO", &o_out, &o_a, &o_b)) return NULL;
-    PyArrayObject *out, *a, *b;
-    if (!(out = F32(o_out, "out", -1, 1)) || !(a = F32(o_a, "a", -1, 0)) ||
-        !(b = F32(o_b, "b", -1, 0))) return NULL;
-    if (!same_shape(a, b, FN, "a", "b") || !same_shape(out, a, FN, "out", "a")) return NULL;
-    size_t len = PyArray_SIZE(a);
-    Py_BEGIN_ALLOW_THREADS
-    add_forward(DATA(out), DATA(a), DATA(b), len);
-    Py_END_ALLOW_THREADS
+    arr_arg out = F32(out, -1, ARG_OUT), a = F32(a, -1, 0), b = F32(b, -1, 0);
+    if (!PyArg_ParseTuple(args, "O&O&O&", A(out), A(a), A(b)) || !same_shape(&a, &b) ||
+        !same_shape(&out, &a))
+        return NULL;
+    NOGIL(add_forward(DATA(out), DATA(a), DATA(b), (size_t)PyArray_SIZE(a.a)));
     Py_RETURN_NONE;
 }
 
 static PyObject *py_add_backward(PyObject *self, PyObject *args)
 {
     const char *FN = "add_backward";
-    PyObject *o_dinp, *o_dout;
-    if (!PyArg_ParseTuple(args, "OO", &o_dinp, &o_dout)) return NULL;
-    PyArrayObject *dinp, *dout;
-    if (!(dinp = F32(o_dinp, "dinp", -1, 1)) || !(dout = F32(o_dout, "dout", -1, 0))) return NULL;
-    if (!same_shape(dinp, dout, FN, "dinp", "dout")) return NULL;
-    size_t len = PyArray_SIZE(dout);
-    Py_BEGIN_ALLOW_THREADS
-    add_backward(DATA(dinp), DATA(dout), len);
-    Py_END_ALLOW_THREADS
+    arr_arg dinp = F32(dinp, -1, ARG_OUT), dout = F32(dout, -1, 0);
+    if (!PyArg_ParseTuple(args, "O&O&", A(dinp), A(dout)) || !same_shape(&dinp, &dout))
+        return NULL;
+    NOGIL(add_backward(DATA(dinp), DATA(dout), (size_t)PyArray_SIZE(dout.a)));
     Py_RETURN_NONE;
 }
 
 static PyObject *py_dropout_forward(PyObject *self, PyObject *args)
 {
     const char *FN = "dropout_forward";
-    PyObject *o_out, *o_mask, *o_inp;
+    arr_arg out = F32(out, -1, ARG_OUT), mask = F32(mask, -1, ARG_OUT), inp = F32(inp, -1, 0);
     float p;
     unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "OOOfK", &o_out, &o_mask, &o_inp, &p, &seed)) return NULL;
-    PyArrayObject *out, *mask, *inp;
-    if (!(out = F32(o_out, "out", -1, 1)) || !(mask = F32(o_mask, "mask", -1, 1)) ||
-        !(inp = F32(o_inp, "inp", -1, 0))) return NULL;
-    if (!same_shape(out, inp, FN, "out", "inp") || !same_shape(mask, inp, FN, "mask", "inp"))
+    if (!PyArg_ParseTuple(args, "O&O&O&fK", A(out), A(mask), A(inp), &p, &seed) ||
+        !same_shape(&out, &inp) || !same_shape(&mask, &inp))
         return NULL;
     if (!(p >= 0.0f && p < 1.0f)) {
         PyObject *pv = PyFloat_FromDouble((double)p);
@@ -660,27 +579,19 @@ static PyObject *py_dropout_forward(PyObject *self, PyObject *args)
         Py_XDECREF(pv);
         return NULL;
     }
-    size_t len = PyArray_SIZE(inp);
-    Py_BEGIN_ALLOW_THREADS
-    dropout_forward(DATA(out), DATA(mask), DATA(inp), len, p, (uint64_t)seed);
-    Py_END_ALLOW_THREADS
+    NOGIL(dropout_forward(DATA(out), DATA(mask), DATA(inp), (size_t)PyArray_SIZE(inp.a), p,
+                          (uint64_t)seed));
     Py_RETURN_NONE;
 }
 
 static PyObject *py_dropout_backward(PyObject *self, PyObject *args)
 {
     const char *FN = "dropout_backward";
-    PyObject *o_dinp, *o_dout, *o_mask;
-    if (!PyArg_ParseTuple(args, "OOO", &o_dinp, &o_dout, &o_mask)) return NULL;
-    PyArrayObject *dinp, *dout, *mask;
-    if (!(dinp = F32(o_dinp, "dinp", -1, 1)) || !(dout = F32(o_dout, "dout", -1, 0)) ||
-        !(mask = F32(o_mask, "mask", -1, 0))) return NULL;
-    if (!same_shape(dinp, dout, FN, "dinp", "dout") || !same_shape(mask, dout, FN, "mask", "dout"))
+    arr_arg dinp = F32(dinp, -1, ARG_OUT), dout = F32(dout, -1, 0), mask = F32(mask, -1, 0);
+    if (!PyArg_ParseTuple(args, "O&O&O&", A(dinp), A(dout), A(mask)) ||
+        !same_shape(&dinp, &dout) || !same_shape(&mask, &dout))
         return NULL;
-    size_t len = PyArray_SIZE(dout);
-    Py_BEGIN_ALLOW_THREADS
-    dropout_backward(DATA(dinp), DATA(dout), DATA(mask), len);
-    Py_END_ALLOW_THREADS
+    NOGIL(dropout_backward(DATA(dinp), DATA(dout), DATA(mask), (size_t)PyArray_SIZE(dout.a)));
     Py_RETURN_NONE;
 }
 
@@ -689,165 +600,132 @@ static PyObject *py_dropout_backward(PyObject *self, PyObject *args)
 static PyObject *py_maxpool2d_forward(PyObject *self, PyObject *args)
 {
     const char *FN = "maxpool2d_forward";
-    PyObject *o_out, *o_am, *o_inp;
+    arr_arg out = F32(out, 4, ARG_OUT), am = ARR(argmax, NPY_INT32, 4, ARG_OUT),
+            inp = F32(inp, 4, 0);
     int k, s, p;
-    if (!PyArg_ParseTuple(args, "OOOiii", &o_out, &o_am, &o_inp, &k, &s, &p)) return NULL;
-    PyArrayObject *out, *am, *inp;
-    if (!(out = F32(o_out, "out", 4, 1)) ||
-        !(am = as_array(o_am, FN, "argmax", NPY_INT32, 4, 1)) ||
-        !(inp = F32(o_inp, "inp", 4, 0))) return NULL;
-    if (!same_shape(am, out, FN, "argmax", "out")) return NULL;
-    if (k < 1 || s < 1 || p < 0 || 2LL * p > k) {
-        PyErr_Format(PyExc_ValueError, "%s: need kernel >= 1, stride >= 1, 0 <= padding <= "
-                     "kernel/2 (got %d, %d, %d)", FN, k, s, p);
+    if (!PyArg_ParseTuple(args, "O&O&O&iii", A(out), A(am), A(inp), &k, &s, &p) ||
+        !same_shape(&am, &out))
         return NULL;
-    }
+    if (k < 1 || s < 1 || p < 0 || 2LL * p > k)
+        return PyErr_Format(PyExc_ValueError, "%s: need kernel >= 1, stride >= 1, 0 <= padding <= "
+                            "kernel/2 (got %d, %d, %d)", FN, k, s, p);
     const int n = DIM(inp, 0), c = DIM(inp, 1), h = DIM(inp, 2), w = DIM(inp, 3);
-    const int oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1;
-    if (n < 1 || c < 1 || h + 2 * p < k || w + 2 * p < k) {
-        PyErr_Format(PyExc_ValueError, "%s: 'inp' of shape (%d,%d,%d,%d) is empty or smaller "
-                     "than the kernel", FN, n, c, h, w);
+    const int64_t hp = (int64_t)h + 2 * p, wp = (int64_t)w + 2 * p;
+    if (n < 1 || c < 1 || h < 1 || w < 1 || hp < k || wp < k)
+        return PyErr_Format(PyExc_ValueError, "%s: 'inp' of shape (%d,%d,%d,%d) is empty or "
+                            "smaller than the kernel", FN, n, c, h, w);
+    /* padding within the input (so kernel <= 3x the input) keeps windows and indices in int */
+    if (p > h || p > w)
+        return PyErr_Format(PyExc_ValueError, "%s: padding %d is larger than 'inp' (%dx%d)",
+                            FN, p, h, w);
+    if (plane_size(&inp) < 0)
         return NULL;
-    }
-    if (DIM(out, 0) != n || DIM(out, 1) != c || DIM(out, 2) != oh || DIM(out, 3) != ow) {
-        PyErr_Format(PyExc_ValueError, "%s: 'out' must have shape (%d,%d,%d,%d)", FN, n, c, oh, ow);
-        return NULL;
-    }
+    const int oh = (int)((hp - k) / s + 1), ow = (int)((wp - k) / s + 1);
+    if (DIM(out, 0) != n || DIM(out, 1) != c || DIM(out, 2) != oh || DIM(out, 3) != ow)
+        return PyErr_Format(PyExc_ValueError, "%s: 'out' must have shape (%d,%d,%d,%d)", FN, n, c,
+                            oh, ow);
     dmcp_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = maxpool2d_forward(DATA(out), (int32_t *)PyArray_DATA(am), DATA(inp), n, c, h, w, k, s, p,
-                           oh, ow);
-    Py_END_ALLOW_THREADS
-    if (status_error(st, FN)) return NULL;
-    Py_RETURN_NONE;
+    NOGIL(st = maxpool2d_forward(DATA(out), DATA_AS(int32_t, am), DATA(inp), n, c, h, w, k, s, p,
+                                 oh, ow));
+    return done(st, FN);
 }
 
 static PyObject *py_maxpool2d_backward(PyObject *self, PyObject *args)
 {
     const char *FN = "maxpool2d_backward";
-    PyObject *o_dinp, *o_dout, *o_am;
-    if (!PyArg_ParseTuple(args, "OOO", &o_dinp, &o_dout, &o_am)) return NULL;
-    PyArrayObject *dinp, *dout, *am;
-    if (!(dinp = F32(o_dinp, "dinp", 4, 1)) || !(dout = F32(o_dout, "dout", 4, 0)) ||
-        !(am = as_array(o_am, FN, "argmax", NPY_INT32, 4, 0))) return NULL;
-    if (!same_shape(am, dout, FN, "argmax", "dout")) return NULL;
-    if (DIM(dinp, 0) != DIM(dout, 0) || DIM(dinp, 1) != DIM(dout, 1)) {
-        PyErr_Format(PyExc_ValueError, "%s: 'dinp' and 'dout' differ in batch or channels", FN);
+    arr_arg dinp = F32(dinp, 4, ARG_OUT), dout = F32(dout, 4, 0),
+            am = ARR(argmax, NPY_INT32, 4, 0);
+    if (!PyArg_ParseTuple(args, "O&O&O&", A(dinp), A(dout), A(am)) || !same_shape(&am, &dout) ||
+        plane_size(&dinp) < 0 || plane_size(&dout) < 0)
         return NULL;
-    }
+    if (DIM(dinp, 0) != DIM(dout, 0) || DIM(dinp, 1) != DIM(dout, 1))
+        return PyErr_Format(PyExc_ValueError, "%s: 'dinp' and 'dout' differ in batch or channels",
+                            FN);
     dmcp_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = maxpool2d_backward(DATA(dinp), DATA(dout), (const int32_t *)PyArray_DATA(am),
-                            DIM(dinp, 0), DIM(dinp, 1), DIM(dinp, 2), DIM(dinp, 3),
-                            DIM(dout, 2), DIM(dout, 3));
-    Py_END_ALLOW_THREADS
-    if (st != DMCP_OK) {
-        PyErr_Format(PyExc_ValueError, "%s: 'argmax' holds an index outside the input plane", FN);
-        return NULL;
-    }
+    NOGIL(st = maxpool2d_backward(DATA(dinp), DATA(dout), DATA_AS(const int32_t, am),
+                                  DIM(dinp, 0), DIM(dinp, 1), DIM(dinp, 2), DIM(dinp, 3),
+                                  DIM(dout, 2), DIM(dout, 3)));
+    if (st != DMCP_OK)
+        return PyErr_Format(PyExc_ValueError, "%s: 'argmax' holds an index outside the input "
+                            "plane", FN);
     Py_RETURN_NONE;
 }
 
 static PyObject *py_avgpool_global_forward(PyObject *self, PyObject *args)
 {
     const char *FN = "avgpool_global_forward";
-    PyObject *o_out, *o_inp;
-    if (!PyArg_ParseTuple(args, "OO", &o_out, &o_inp)) return NULL;
-    PyArrayObject *out, *inp;
-    if (!(out = F32(o_out, "out", 2, 1)) || !(inp = F32(o_inp, "inp", 4, 0))) return NULL;
-    const int n = DIM(inp, 0), c = DIM(inp, 1), hw = DIM(inp, 2) * DIM(inp, 3);
-    if (hw < 1 || DIM(out, 0) != n || DIM(out, 1) != c) {
-        PyErr_Format(PyExc_ValueError, "%s: 'out' must have shape (%d,%d) and 'inp' a non-empty "
-                     "plane", FN, n, c);
+    arr_arg out = F32(out, 2, ARG_OUT), inp = F32(inp, 4, 0);
+    int hw;
+    if (!PyArg_ParseTuple(args, "O&O&", A(out), A(inp)) || (hw = plane_size(&inp)) < 0)
         return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    avgpool_global_forward(DATA(out), DATA(inp), n, c, hw);
-    Py_END_ALLOW_THREADS
+    const int n = DIM(inp, 0), c = DIM(inp, 1);
+    if (hw < 1 || DIM(out, 0) != n || DIM(out, 1) != c)
+        return PyErr_Format(PyExc_ValueError, "%s: 'out' must have shape (%d,%d) and 'inp' a "
+                            "non-empty plane", FN, n, c);
+    NOGIL(avgpool_global_forward(DATA(out), DATA(inp), n, c, hw));
     Py_RETURN_NONE;
 }
 
 static PyObject *py_avgpool_global_backward(PyObject *self, PyObject *args)
 {
     const char *FN = "avgpool_global_backward";
-    PyObject *o_dinp, *o_dout;
-    if (!PyArg_ParseTuple(args, "OO", &o_dinp, &o_dout)) return NULL;
-    PyArrayObject *dinp, *dout;
-    if (!(dinp = F32(o_dinp, "dinp", 4, 1)) || !(dout = F32(o_dout, "dout", 2, 0))) return NULL;
-    const int n = DIM(dinp, 0), c = DIM(dinp, 1), hw = DIM(dinp, 2) * DIM(dinp, 3);
-    if (hw < 1 || DIM(dout, 0) != n || DIM(dout, 1) != c) {
-        PyErr_Format(PyExc_ValueError, "%s: 'dout' must have shape (%d,%d)", FN, n, c);
+    arr_arg dinp = F32(dinp, 4, ARG_OUT), dout = F32(dout, 2, 0);
+    int hw;
+    if (!PyArg_ParseTuple(args, "O&O&", A(dinp), A(dout)) || (hw = plane_size(&dinp)) < 0)
         return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    avgpool_global_backward(DATA(dinp), DATA(dout), n, c, hw);
-    Py_END_ALLOW_THREADS
+    const int n = DIM(dinp, 0), c = DIM(dinp, 1);
+    if (hw < 1 || DIM(dout, 0) != n || DIM(dout, 1) != c)
+        return PyErr_Format(PyExc_ValueError, "%s: 'dout' must have shape (%d,%d)", FN, n, c);
+    NOGIL(avgpool_global_backward(DATA(dinp), DATA(dout), n, c, hw));
     Py_RETURN_NONE;
 }
 
 /* ---------------------------------------------------------------- linear */
 
-static int linear_check(const char *fn, PyArrayObject *inp, PyArrayObject *w, PyArrayObject *out,
-                        const char *out_name, int *n, int *in_f, int *out_f)
+/* inp (n, in_f), out (n, out_f) inside weight (OUT_full, IN_full). */
+static int linear_check(const arr_arg *inp, const arr_arg *w, const arr_arg *out,
+                        int *n, int *in_f, int *out_f)
 {
-    *n = DIM(inp, 0); *in_f = DIM(inp, 1); *out_f = DIM(out, 1);
-    if (*n < 1 || *in_f < 1 || *out_f < 1) {
-        PyErr_Format(PyExc_ValueError, "%s: zero-size 'inp' or '%s'", fn, out_name);
-        return 0;
-    }
-    if (DIM(out, 0) != *n) {
-        PyErr_Format(PyExc_ValueError, "%s: '%s' batch %d differs from 'inp' batch %d",
-                     fn, out_name, DIM(out, 0), *n);
-        return 0;
-    }
-    if (*in_f > DIM(w, 1) || *out_f > DIM(w, 0)) {
-        PyErr_Format(PyExc_ValueError, "%s: 'weight' of shape (%d,%d) is smaller than "
-                     "(%s features %d, inp features %d)", fn, DIM(w, 0), DIM(w, 1), out_name,
-                     *out_f, *in_f);
-        return 0;
-    }
+    const char *fn = inp->fn;
+    *n = DIM(*inp, 0); *in_f = DIM(*inp, 1); *out_f = DIM(*out, 1);
+    if (*n < 1 || *in_f < 1 || *out_f < 1)
+        return fail(PyExc_ValueError, "%s: zero-size 'inp' or '%s'", fn, out->name);
+    if (DIM(*out, 0) != *n)
+        return fail(PyExc_ValueError, "%s: '%s' batch %d differs from 'inp' batch %d",
+                    fn, out->name, DIM(*out, 0), *n);
+    if (*in_f > DIM(*w, 1) || *out_f > DIM(*w, 0))
+        return fail(PyExc_ValueError, "%s: 'weight' of shape (%d,%d) is smaller than "
+                    "(%s features %d, inp features %d)", fn, DIM(*w, 0), DIM(*w, 1), out->name,
+                    *out_f, *in_f);
     return 1;
 }
 
 static PyObject *linear_forward_impl(PyObject *args, const char *FN, int naive)
 {
-    PyObject *o_out, *o_inp, *o_w, *o_b;
-    int ok = 1, n, in_f, out_f;
-    if (!PyArg_ParseTuple(args, "OOOO", &o_out, &o_inp, &o_w, &o_b)) return NULL;
-    PyArrayObject *out, *inp, *w, *b;
-    if (!(out = F32(o_out, "out", 2, 1)) || !(inp = F32(o_inp, "inp", 2, 0)) ||
-        !(w = F32(o_w, "weight", 2, 0))) return NULL;
-    b = OPT(o_b, "bias", 1, 0);
-    if (!ok || !linear_check(FN, inp, w, out, "out", &n, &in_f, &out_f) ||
-        !check_bias(b, FN, "bias", out_f)) return NULL;
-    const int in_full = DIM(w, 1);
-    Py_BEGIN_ALLOW_THREADS
-    (naive ? linear_forward_naive : linear_forward)(DATA(out), DATA(inp), DATA(w), DATA(b),
-                                                    n, in_f, out_f, in_full);
-    Py_END_ALLOW_THREADS
+    arr_arg out = F32(out, 2, ARG_OUT), inp = F32(inp, 2, 0), w = F32(weight, 2, 0),
+            b = F32(bias, 1, ARG_OPT);
+    int n, in_f, out_f;
+    if (!PyArg_ParseTuple(args, "O&O&O&O&", A(out), A(inp), A(w), A(b)) ||
+        !linear_check(&inp, &w, &out, &n, &in_f, &out_f) || !check_len(&b, out_f))
+        return NULL;
+    NOGIL((naive ? linear_forward_naive : linear_forward)(DATA(out), DATA(inp), DATA(w), DATA(b),
+                                                          n, in_f, out_f, DIM(w, 1)));
     Py_RETURN_NONE;
 }
 
 static PyObject *linear_backward_impl(PyObject *args, const char *FN, int naive)
 {
-    PyObject *o_dinp, *o_dw, *o_db, *o_dout, *o_inp, *o_w;
-    int ok = 1, n, in_f, out_f;
-    if (!PyArg_ParseTuple(args, "OOOOOO", &o_dinp, &o_dw, &o_db, &o_dout, &o_inp, &o_w))
+    arr_arg dinp = F32(dinp, 2, ARG_OUT | ARG_OPT), dw = F32(dweight, 2, ARG_OUT | ARG_OPT),
+            db = F32(dbias, 1, ARG_OUT | ARG_OPT), dout = F32(dout, 2, 0), inp = F32(inp, 2, 0),
+            w = F32(weight, 2, 0);
+    int n, in_f, out_f;
+    if (!PyArg_ParseTuple(args, "O&O&O&O&O&O&", A(dinp), A(dw), A(db), A(dout), A(inp), A(w)) ||
+        !linear_check(&inp, &w, &dout, &n, &in_f, &out_f) || !same_shape(&dinp, &inp) ||
+        !same_shape(&dw, &w) || !check_len(&db, out_f))
         return NULL;
-    PyArrayObject *dinp = OPT(o_dinp, "dinp", 2, 1), *dw = OPT(o_dw, "dweight", 2, 1),
-                  *db = OPT(o_db, "dbias", 1, 1);
-    if (!ok) return NULL;
-    PyArrayObject *dout, *inp, *w;
-    if (!(dout = F32(o_dout, "dout", 2, 0)) || !(inp = F32(o_inp, "inp", 2, 0)) ||
-        !(w = F32(o_w, "weight", 2, 0))) return NULL;
-    if (!linear_check(FN, inp, w, dout, "dout", &n, &in_f, &out_f) ||
-        !same_shape(dinp, inp, FN, "dinp", "inp") || !same_shape(dw, w, FN, "dweight", "weight") ||
-        !check_bias(db, FN, "dbias", out_f)) return NULL;
-    const int in_full = DIM(w, 1);
-    Py_BEGIN_ALLOW_THREADS
-    (naive ? linear_backward_naive : linear_backward)(DATA(dinp), DATA(dw), DATA(db), DATA(dout),
-                                                      DATA(inp), DATA(w), n, in_f, out_f, in_full);
-    Py_END_ALLOW_THREADS
+    NOGIL((naive ? linear_backward_naive : linear_backward)(DATA(dinp), DATA(dw), DATA(db),
+                                                            DATA(dout), DATA(inp), DATA(w), n,
+                                                            in_f, out_f, DIM(w, 1)));
     Py_RETURN_NONE;
 }
 
@@ -862,30 +740,24 @@ static PyObject *py_linear_backward_naive(PyObject *self, PyObject *args)
 
 /* ---------------------------------------------------------------- losses */
 
-static int check_logits(const char *fn, PyArrayObject *a, const char *an, PyArrayObject *b,
-                        const char *bn)
+static int check_logits(const arr_arg *a, const arr_arg *b)
 {
-    if (DIM(a, 0) < 1 || DIM(a, 1) < 1) {
-        PyErr_Format(PyExc_ValueError, "%s: '%s' is empty", fn, an);
-        return 0;
-    }
-    return same_shape(a, b, fn, an, bn);
+    if (DIM(*a, 0) < 1 || DIM(*a, 1) < 1)
+        return fail(PyExc_ValueError, "%s: '%s' is empty", a->fn, a->name);
+    return same_shape(a, b);
 }
 
-static int check_labels(const char *fn, PyArrayObject *labels, int n, int k)
+static int check_labels(const arr_arg *labels, int n, int k)
 {
-    if (DIM(labels, 0) != n) {
-        PyErr_Format(PyExc_ValueError, "%s: 'labels' has %d entries for a batch of %d",
-                     fn, DIM(labels, 0), n);
-        return 0;
-    }
-    const int64_t *l = (const int64_t *)PyArray_DATA(labels);
+    const char *fn = labels->fn;
+    if (DIM(*labels, 0) != n)
+        return fail(PyExc_ValueError, "%s: 'labels' has %d entries for a batch of %d",
+                    fn, DIM(*labels, 0), n);
+    const int64_t *l = DATA_AS(const int64_t, *labels);
     for (int i = 0; i < n; i++) {
-        if (l[i] < 0 || l[i] >= k) {
-            PyErr_Format(PyExc_ValueError, "%s: 'labels'[%d] = %lld is outside [0, %d)",
-                         fn, i, (long long)l[i], k);
-            return 0;
-        }
+        if (l[i] < 0 || l[i] >= k)
+            return fail(PyExc_ValueError, "%s: 'labels'[%d] = %lld is outside [0, %d)",
+                        fn, i, (long long)l[i], k);
     }
     return 1;
 }
@@ -893,93 +765,66 @@ static int check_labels(const char *fn, PyArrayObject *labels, int n, int k)
 static PyObject *py_crossentropy_forward(PyObject *self, PyObject *args)
 {
     const char *FN = "crossentropy_forward";
-    PyObject *o_loss, *o_p, *o_x, *o_l;
+    arr_arg loss = F32(losses, 1, ARG_OUT), p = F32(probs, 2, ARG_OUT), x = F32(logits, 2, 0),
+            l = ARR(labels, NPY_INT64, 1, 0);
     float smoothing;
-    if (!PyArg_ParseTuple(args, "OOOOf", &o_loss, &o_p, &o_x, &o_l, &smoothing)) return NULL;
-    PyArrayObject *loss, *p, *x, *l;
-    if (!(loss = F32(o_loss, "losses", 1, 1)) || !(p = F32(o_p, "probs", 2, 1)) ||
-        !(x = F32(o_x, "logits", 2, 0)) || !(l = as_array(o_l, FN, "labels", NPY_INT64, 1, 0)))
+    if (!PyArg_ParseTuple(args, "O&O&O&O&f", A(loss), A(p), A(x), A(l), &smoothing) ||
+        !check_logits(&x, &p))
         return NULL;
-    if (!check_logits(FN, x, "logits", p, "probs")) return NULL;
     const int n = DIM(x, 0), k = DIM(x, 1);
-    if (DIM(loss, 0) != n) {
-        PyErr_Format(PyExc_ValueError, "%s: 'losses' must have %d entries", FN, n);
+    if (DIM(loss, 0) != n)
+        return PyErr_Format(PyExc_ValueError, "%s: 'losses' must have %d entries", FN, n);
+    if (!check_labels(&l, n, k))
         return NULL;
-    }
-    if (!check_labels(FN, l, n, k)) return NULL;
-    if (!(smoothing >= 0.0f && smoothing <= 1.0f)) {
-        PyErr_Format(PyExc_ValueError, "%s: smoothing must be in [0, 1]", FN);
-        return NULL;
-    }
+    if (!(smoothing >= 0.0f && smoothing <= 1.0f))
+        return PyErr_Format(PyExc_ValueError, "%s: smoothing must be in [0, 1]", FN);
     dmcp_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = crossentropy_forward(DATA(loss), DATA(p), DATA(x), (const int64_t *)PyArray_DATA(l),
-                              n, k, smoothing);
-    Py_END_ALLOW_THREADS
-    if (status_error(st, FN)) return NULL;
-    Py_RETURN_NONE;
+    NOGIL(st = crossentropy_forward(DATA(loss), DATA(p), DATA(x), DATA_AS(const int64_t, l), n, k,
+                                    smoothing));
+    return done(st, FN);
 }
 
 static PyObject *py_crossentropy_backward(PyObject *self, PyObject *args)
 {
     const char *FN = "crossentropy_backward";
-    PyObject *o_d, *o_p, *o_l;
+    arr_arg d = F32(dlogits, 2, ARG_OUT), p = F32(probs, 2, 0), l = ARR(labels, NPY_INT64, 1, 0);
     float smoothing, scale;
-    if (!PyArg_ParseTuple(args, "OOOff", &o_d, &o_p, &o_l, &smoothing, &scale)) return NULL;
-    PyArrayObject *d, *p, *l;
-    if (!(d = F32(o_d, "dlogits", 2, 1)) || !(p = F32(o_p, "probs", 2, 0)) ||
-        !(l = as_array(o_l, FN, "labels", NPY_INT64, 1, 0))) return NULL;
-    if (!check_logits(FN, p, "probs", d, "dlogits") || !check_labels(FN, l, DIM(p, 0), DIM(p, 1)))
+    if (!PyArg_ParseTuple(args, "O&O&O&ff", A(d), A(p), A(l), &smoothing, &scale) ||
+        !check_logits(&p, &d) || !check_labels(&l, DIM(p, 0), DIM(p, 1)))
         return NULL;
     dmcp_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = crossentropy_backward(DATA(d), DATA(p), (const int64_t *)PyArray_DATA(l),
-                               DIM(p, 0), DIM(p, 1), smoothing, scale);
-    Py_END_ALLOW_THREADS
-    if (status_error(st, FN)) return NULL;
-    Py_RETURN_NONE;
+    NOGIL(st = crossentropy_backward(DATA(d), DATA(p), DATA_AS(const int64_t, l), DIM(p, 0),
+                                     DIM(p, 1), smoothing, scale));
+    return done(st, FN);
 }
 
 static PyObject *py_kldiv_forward(PyObject *self, PyObject *args)
 {
     const char *FN = "kldiv_forward";
-    PyObject *o_loss, *o_ps, *o_pt, *o_s, *o_t;
+    arr_arg loss = F32(losses, 1, ARG_OUT), ps = F32(pstudent, 2, ARG_OUT),
+            pt = F32(pteacher, 2, ARG_OUT), s = F32(student, 2, 0), t = F32(teacher, 2, 0);
     float tau;
-    if (!PyArg_ParseTuple(args, "OOOOOf", &o_loss, &o_ps, &o_pt, &o_s, &o_t, &tau)) return NULL;
-    PyArrayObject *loss, *ps, *pt, *s, *t;
-    if (!(loss = F32(o_loss, "losses", 1, 1)) || !(ps = F32(o_ps, "pstudent", 2, 1)) ||
-        !(pt = F32(o_pt, "pteacher", 2, 1)) || !(s = F32(o_s, "student", 2, 0)) ||
-        !(t = F32(o_t, "teacher", 2, 0))) return NULL;
-    if (!check_logits(FN, s, "student", t, "teacher") || !same_shape(ps, s, FN, "pstudent", "student")
-        || !same_shape(pt, s, FN, "pteacher", "student")) return NULL;
-    if (DIM(loss, 0) != DIM(s, 0)) {
-        PyErr_Format(PyExc_ValueError, "%s: 'losses' must have %d entries", FN, DIM(s, 0));
+    if (!PyArg_ParseTuple(args, "O&O&O&O&O&f", A(loss), A(ps), A(pt), A(s), A(t), &tau) ||
+        !check_logits(&s, &t) || !same_shape(&ps, &s) || !same_shape(&pt, &s))
         return NULL;
-    }
-    if (!(tau > 0.0f)) {
-        PyErr_Format(PyExc_ValueError, "%s: tau must be > 0", FN);
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    kldiv_forward(DATA(loss), DATA(ps), DATA(pt), DATA(s), DATA(t), DIM(s, 0), DIM(s, 1), tau);
-    Py_END_ALLOW_THREADS
+    if (DIM(loss, 0) != DIM(s, 0))
+        return PyErr_Format(PyExc_ValueError, "%s: 'losses' must have %d entries", FN, DIM(s, 0));
+    if (!(tau > 0.0f))
+        return PyErr_Format(PyExc_ValueError, "%s: tau must be > 0", FN);
+    NOGIL(kldiv_forward(DATA(loss), DATA(ps), DATA(pt), DATA(s), DATA(t), DIM(s, 0), DIM(s, 1),
+                        tau));
     Py_RETURN_NONE;
 }
 
 static PyObject *py_kldiv_backward(PyObject *self, PyObject *args)
 {
     const char *FN = "kldiv_backward";
-    PyObject *o_d, *o_ps, *o_pt;
+    arr_arg d = F32(dstudent, 2, ARG_OUT), ps = F32(pstudent, 2, 0), pt = F32(pteacher, 2, 0);
     float tau, scale;
-    if (!PyArg_ParseTuple(args, "OOOff", &o_d, &o_ps, &o_pt, &tau, &scale)) return NULL;
-    PyArrayObject *d, *ps, *pt;
-    if (!(d = F32(o_d, "dstudent", 2, 1)) || !(ps = F32(o_ps, "pstudent", 2, 0)) ||
-        !(pt = F32(o_pt, "pteacher", 2, 0))) return NULL;
-    if (!check_logits(FN, ps, "pstudent", pt, "pteacher") || !same_shape(d, ps, FN, "dstudent", "pstudent"))
+    if (!PyArg_ParseTuple(args, "O&O&O&ff", A(d), A(ps), A(pt), &tau, &scale) ||
+        !check_logits(&ps, &pt) || !same_shape(&d, &ps))
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    kldiv_backward(DATA(d), DATA(ps), DATA(pt), DIM(ps, 0), DIM(ps, 1), tau, scale);
-    Py_END_ALLOW_THREADS
+    NOGIL(kldiv_backward(DATA(d), DATA(ps), DATA(pt), DIM(ps, 0), DIM(ps, 1), tau, scale));
     Py_RETURN_NONE;
 }
 
@@ -988,49 +833,38 @@ static PyObject *py_kldiv_backward(PyObject *self, PyObject *args)
 static PyObject *py_sgd_step(PyObject *self, PyObject *args)
 {
     const char *FN = "sgd_step";
-    PyObject *o_p, *o_buf, *o_g;
+    arr_arg p = F32(param, -1, ARG_OUT), buf = F32(momentum_buffer, -1, ARG_OUT | ARG_OPT),
+            g = F32(grad, -1, 0);
     float lr, momentum, dampening, wd;
-    int nesterov, first, ok = 1;
-    if (!PyArg_ParseTuple(args, "OOOffffpp", &o_p, &o_buf, &o_g, &lr, &momentum, &dampening,
-                          &wd, &nesterov, &first)) return NULL;
-    PyArrayObject *p, *g, *buf;
-    if (!(p = F32(o_p, "param", -1, 1)) || !(g = F32(o_g, "grad", -1, 0))) return NULL;
-    buf = OPT(o_buf, "momentum_buffer", -1, 1);
-    if (!ok || !same_shape(g, p, FN, "grad", "param") ||
-        !same_shape(buf, p, FN, "momentum_buffer", "param")) return NULL;
-    if (momentum != 0.0f && !buf) {
-        PyErr_Format(PyExc_ValueError, "%s: 'momentum_buffer' is required when momentum != 0", FN);
+    int nesterov, first;
+    if (!PyArg_ParseTuple(args, "O&O&O&ffffpp", A(p), A(buf), A(g), &lr, &momentum, &dampening,
+                          &wd, &nesterov, &first) ||
+        !same_shape(&g, &p) || !same_shape(&buf, &p))
         return NULL;
-    }
-    size_t len = PyArray_SIZE(p);
-    Py_BEGIN_ALLOW_THREADS
-    sgd_step(DATA(p), DATA(buf), DATA(g), len, lr, momentum, dampening, wd, nesterov, first);
-    Py_END_ALLOW_THREADS
+    if (momentum != 0.0f && !buf.a)
+        return PyErr_Format(PyExc_ValueError, "%s: 'momentum_buffer' is required when "
+                            "momentum != 0", FN);
+    NOGIL(sgd_step(DATA(p), DATA(buf), DATA(g), (size_t)PyArray_SIZE(p.a), lr, momentum,
+                   dampening, wd, nesterov, first));
     Py_RETURN_NONE;
 }
 
 static PyObject *py_adam_step(PyObject *self, PyObject *args)
 {
     const char *FN = "adam_step";
-    PyObject *o_p, *o_m, *o_v, *o_g;
+    arr_arg p = F32(param, -1, ARG_OUT), m = F32(exp_avg, -1, ARG_OUT),
+            v = F32(exp_avg_sq, -1, ARG_OUT), g = F32(grad, -1, 0);
     float lr, eps, wd;
     double b1, b2;
     long step;
-    if (!PyArg_ParseTuple(args, "OOOOfddffl", &o_p, &o_m, &o_v, &o_g, &lr, &b1, &b2, &eps, &wd,
-                          &step)) return NULL;
-    PyArrayObject *p, *m, *v, *g;
-    if (!(p = F32(o_p, "param", -1, 1)) || !(m = F32(o_m, "exp_avg", -1, 1)) ||
-        !(v = F32(o_v, "exp_avg_sq", -1, 1)) || !(g = F32(o_g, "grad", -1, 0))) return NULL;
-    if (!same_shape(g, p, FN, "grad", "param") || !same_shape(m, p, FN, "exp_avg", "param") ||
-        !same_shape(v, p, FN, "exp_avg_sq", "param")) return NULL;
-    if (step < 1) {
-        PyErr_Format(PyExc_ValueError, "%s: step must be >= 1", FN);
+    if (!PyArg_ParseTuple(args, "O&O&O&O&fddffl", A(p), A(m), A(v), A(g), &lr, &b1, &b2, &eps,
+                          &wd, &step) ||
+        !same_shape(&g, &p) || !same_shape(&m, &p) || !same_shape(&v, &p))
         return NULL;
-    }
-    size_t len = PyArray_SIZE(p);
-    Py_BEGIN_ALLOW_THREADS
-    adam_step(DATA(p), DATA(m), DATA(v), DATA(g), len, lr, b1, b2, eps, wd, step);
-    Py_END_ALLOW_THREADS
+    if (step < 1)
+        return PyErr_Format(PyExc_ValueError, "%s: step must be >= 1", FN);
+    NOGIL(adam_step(DATA(p), DATA(m), DATA(v), DATA(g), (size_t)PyArray_SIZE(p.a), lr, b1, b2,
+                    eps, wd, step));
     Py_RETURN_NONE;
 }
 
@@ -1038,23 +872,20 @@ static PyObject *py_adam_step(PyObject *self, PyObject *args)
 
 static int check_prob_type(const char *fn, int prob_type)
 {
-    if (prob_type != DMCP_PROB_SIGMOID && prob_type != DMCP_PROB_EXP) {
-        PyErr_Format(PyExc_ValueError, "%s: prob_type must be 0 (sigmoid) or 1 (exp), got %d",
-                     fn, prob_type);
-        return 0;
-    }
+    if (prob_type != DMCP_PROB_SIGMOID && prob_type != DMCP_PROB_EXP)
+        return fail(PyExc_ValueError, "%s: prob_type must be 0 (sigmoid) or 1 (exp), got %d",
+                    fn, prob_type);
     return 1;
 }
 
 static PyObject *py_markov_probs_forward(PyObject *self, PyObject *args)
 {
     const char *FN = "markov_probs_forward";
-    PyObject *o_P, *o_a;
+    arr_arg P = F32(P, 1, ARG_OUT), a = F32(alpha, 1, 0);
     int prob_type;
-    if (!PyArg_ParseTuple(args, "OOi", &o_P, &o_a, &prob_type)) return NULL;
-    PyArrayObject *P, *a;
-    if (!(P = F32(o_P, "P", 1, 1)) || !(a = F32(o_a, "alpha", 1, 0))) return NULL;
-    if (!same_shape(P, a, FN, "P", "alpha") || !check_prob_type(FN, prob_type)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&O&i", A(P), A(a), &prob_type) || !same_shape(&P, &a) ||
+        !check_prob_type(FN, prob_type))
+        return NULL;
     markov_probs_forward(DATA(P), DATA(a), DIM(a, 0), prob_type);
     Py_RETURN_NONE;
 }
@@ -1062,104 +893,87 @@ static PyObject *py_markov_probs_forward(PyObject *self, PyObject *args)
 static PyObject *py_markov_probs_backward(PyObject *self, PyObject *args)
 {
     const char *FN = "markov_probs_backward";
-    PyObject *o_da, *o_dP, *o_P, *o_a;
+    arr_arg da = F32(dalpha, 1, ARG_OUT), dP = F32(dP, 1, 0), P = F32(P, 1, 0),
+            a = F32(alpha, 1, 0);
     int prob_type;
-    if (!PyArg_ParseTuple(args, "OOOOi", &o_da, &o_dP, &o_P, &o_a, &prob_type)) return NULL;
-    PyArrayObject *da, *dP, *P, *a;
-    if (!(da = F32(o_da, "dalpha", 1, 1)) || !(dP = F32(o_dP, "dP", 1, 0)) ||
-        !(P = F32(o_P, "P", 1, 0)) || !(a = F32(o_a, "alpha", 1, 0))) return NULL;
-    if (!same_shape(da, a, FN, "dalpha", "alpha") || !same_shape(dP, a, FN, "dP", "alpha") ||
-        !same_shape(P, a, FN, "P", "alpha") || !check_prob_type(FN, prob_type)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&O&O&O&i", A(da), A(dP), A(P), A(a), &prob_type) ||
+        !same_shape(&da, &a) || !same_shape(&dP, &a) || !same_shape(&P, &a) ||
+        !check_prob_type(FN, prob_type))
+        return NULL;
     markov_probs_backward(DATA(da), DATA(dP), DATA(P), DATA(a), DIM(a, 0), prob_type);
     Py_RETURN_NONE;
 }
 
-static int gate_check(const char *fn, PyArrayObject *x, PyArrayObject *P, int m, int g,
-                      int *n, int *c, int *hw)
+/* inp (n, c, H, W) non-empty, its c channels described by P, min_ch m and group_size g. */
+static int gate_check(const arr_arg *x, const arr_arg *P, int m, int g, int *n, int *c, int *hw)
 {
-    *n = DIM(x, 0); *c = DIM(x, 1); *hw = DIM(x, 2) * DIM(x, 3);
-    const int ng = DIM(P, 0);
-    if (*n < 1 || *c < 1 || *hw < 1) {
-        PyErr_Format(PyExc_ValueError, "%s: argument 'inp' is empty (shape %d,%d,%d,%d)",
-                     fn, *n, *c, DIM(x, 2), DIM(x, 3));
+    *n = DIM(*x, 0); *c = DIM(*x, 1);
+    if ((*hw = plane_size(x)) < 0)
         return 0;
-    }
-    if (m < 0 || g < 1 || (long)m + (long)ng * g != *c) {
-        PyErr_Format(PyExc_ValueError, "%s: argument 'inp' has %d channels but argument 'P' "
-                     "describes min_ch %d + %d groups x group_size %d (gates run at full width)",
-                     fn, *c, m, ng, g);
-        return 0;
-    }
-    return 1;
+    if (*n < 1 || *c < 1 || *hw < 1)
+        return fail(PyExc_ValueError, "%s: argument 'inp' is empty (shape %d,%d,%d,%d)",
+                    x->fn, *n, *c, DIM(*x, 2), DIM(*x, 3));
+    return check_gate_width(x->fn, *c, m, DIM(*P, 0), g);
 }
 
 static PyObject *py_gate_forward(PyObject *self, PyObject *args)
 {
     const char *FN = "gate_forward";
-    PyObject *o_out, *o_inp, *o_P;
+    arr_arg out = F32(out, 4, ARG_OUT), inp = F32(inp, 4, 0), P = F32(P, 1, 0);
     int m, g, n, c, hw;
-    if (!PyArg_ParseTuple(args, "OOOii", &o_out, &o_inp, &o_P, &m, &g)) return NULL;
-    PyArrayObject *out, *inp, *P;
-    if (!(out = F32(o_out, "out", 4, 1)) || !(inp = F32(o_inp, "inp", 4, 0)) ||
-        !(P = F32(o_P, "P", 1, 0))) return NULL;
-    if (!same_shape(out, inp, FN, "out", "inp") || !gate_check(FN, inp, P, m, g, &n, &c, &hw))
+    if (!PyArg_ParseTuple(args, "O&O&O&ii", A(out), A(inp), A(P), &m, &g) ||
+        !same_shape(&out, &inp) || !gate_check(&inp, &P, m, g, &n, &c, &hw))
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    gate_forward(DATA(out), DATA(inp), DATA(P), n, c, hw, m, g, DIM(P, 0));
-    Py_END_ALLOW_THREADS
+    NOGIL(gate_forward(DATA(out), DATA(inp), DATA(P), n, c, hw, m, g, DIM(P, 0)));
     Py_RETURN_NONE;
 }
 
 static PyObject *py_gate_backward(PyObject *self, PyObject *args)
 {
     const char *FN = "gate_backward";
-    PyObject *o_dinp, *o_dP, *o_dout, *o_inp, *o_P;
-    int m, g, n, c, hw, accumulate = 1, ok = 1;
-    if (!PyArg_ParseTuple(args, "OOOOOii|p", &o_dinp, &o_dP, &o_dout, &o_inp, &o_P, &m, &g,
-                          &accumulate))
+    arr_arg dinp = F32(dinp, 4, ARG_OUT | ARG_OPT), dP = F32(dP, 1, ARG_OUT | ARG_OPT),
+            dout = F32(dout, 4, 0), inp = F32(inp, 4, 0), P = F32(P, 1, 0);
+    int m, g, n, c, hw, accumulate = 1;
+    if (!PyArg_ParseTuple(args, "O&O&O&O&O&ii|p", A(dinp), A(dP), A(dout), A(inp), A(P), &m, &g,
+                          &accumulate) ||
+        !same_shape(&dout, &inp) || !same_shape(&dinp, &inp) || !same_shape(&dP, &P) ||
+        !gate_check(&inp, &P, m, g, &n, &c, &hw))
         return NULL;
-    PyArrayObject *dinp = OPT(o_dinp, "dinp", 4, 1), *dP = OPT(o_dP, "dP", 1, 1);
-    if (!ok) return NULL;
-    PyArrayObject *dout, *inp, *P;
-    if (!(dout = F32(o_dout, "dout", 4, 0)) || !(inp = F32(o_inp, "inp", 4, 0)) ||
-        !(P = F32(o_P, "P", 1, 0))) return NULL;
-    if (!same_shape(dout, inp, FN, "dout", "inp") || !same_shape(dinp, inp, FN, "dinp", "inp") ||
-        !same_shape(dP, P, FN, "dP", "P") || !gate_check(FN, inp, P, m, g, &n, &c, &hw))
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    gate_backward(DATA(dinp), DATA(dP), DATA(dout), DATA(inp), DATA(P), n, c, hw, m, g, DIM(P, 0),
-                  accumulate);
-    Py_END_ALLOW_THREADS
+    NOGIL(gate_backward(DATA(dinp), DATA(dP), DATA(dout), DATA(inp), DATA(P), n, c, hw, m, g,
+                        DIM(P, 0), accumulate));
     Py_RETURN_NONE;
 }
 
 /* ---------------------------------------------------------------- expected FLOPs */
 
 /* terms: float64 (T, 5) rows [unit_a, unit_b, const_a, const_b, coef]; unit -1 = constant. */
-static flops_term *terms_from(const char *fn, PyObject *o_terms, int nunits, int *nterms)
+static flops_term *terms_from(const arr_arg *t, int nunits, int *nterms)
 {
-    PyArrayObject *t = as_array(o_terms, fn, "terms", NPY_FLOAT64, 2, 0);
-    if (!t) return NULL;
-    if (DIM(t, 1) != 5) {
+    const char *fn = t->fn;
+    if (DIM(*t, 1) != 5) {
         PyErr_Format(PyExc_ValueError, "%s: 'terms' must have 5 columns "
-                     "[unit_a, unit_b, const_a, const_b, coef], got %d", fn, DIM(t, 1));
+                     "[unit_a, unit_b, const_a, const_b, coef], got %d", fn, DIM(*t, 1));
         return NULL;
     }
-    *nterms = DIM(t, 0);
+    *nterms = DIM(*t, 0);
     flops_term *out = PyMem_Malloc(sizeof(flops_term) * (*nterms > 0 ? *nterms : 1));
-    if (!out) { PyErr_NoMemory(); return NULL; }
-    const double *d = (const double *)PyArray_DATA(t);
+    if (!out) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    const double *d = DATA_AS(const double, *t);
     for (int i = 0; i < *nterms; i++) {
         const double *r = d + (size_t)i * 5;
-        out[i].unit_a = (int)r[0]; out[i].unit_b = (int)r[1];
-        out[i].const_a = r[2]; out[i].const_b = r[3]; out[i].coef = r[4];
-        if (out[i].unit_a < -1 || out[i].unit_a >= nunits || out[i].unit_b < -1 ||
-            out[i].unit_b >= nunits || r[0] != (double)out[i].unit_a || r[1] != (double)out[i].unit_b) {
+        /* units as doubles first: a cast of an out-of-range double to int is undefined */
+        if (!(r[0] >= -1.0 && r[0] < nunits && r[1] >= -1.0 && r[1] < nunits) ||
+            r[0] != (double)(int)r[0] || r[1] != (double)(int)r[1]) {
             PyErr_Format(PyExc_ValueError, "%s: 'terms' row %d names a unit outside [-1, %d)",
                          fn, i, nunits);
             PyMem_Free(out);
             return NULL;
         }
+        out[i].unit_a = (int)r[0]; out[i].unit_b = (int)r[1];
+        out[i].const_a = r[2]; out[i].const_b = r[3]; out[i].coef = r[4];
     }
     return out;
 }
@@ -1167,19 +981,15 @@ static flops_term *terms_from(const char *fn, PyObject *o_terms, int nunits, int
 static PyObject *py_flops_of_widths(PyObject *self, PyObject *args)
 {
     const char *FN = "flops_of_widths";
-    PyObject *o_w, *o_terms, *o_dw = Py_None;
-    if (!PyArg_ParseTuple(args, "OO|O", &o_w, &o_terms, &o_dw)) return NULL;
-    PyArrayObject *w = as_array(o_w, FN, "widths", NPY_FLOAT64, 1, 0), *dw = NULL;
-    if (!w) return NULL;
-    if (o_dw != Py_None) {
-        if (!(dw = as_array(o_dw, FN, "dwidths", NPY_FLOAT64, 1, 1))) return NULL;
-        if (!same_shape(dw, w, FN, "dwidths", "widths")) return NULL;
-    }
+    arr_arg w = ARR(widths, NPY_FLOAT64, 1, 0), t = ARR(terms, NPY_FLOAT64, 2, 0),
+            dw = ARR(dwidths, NPY_FLOAT64, 1, ARG_OUT | ARG_OPT);
     int nterms;
-    flops_term *terms = terms_from(FN, o_terms, DIM(w, 0), &nterms);
-    if (!terms) return NULL;
-    double f = flops_of_widths(dw ? (double *)PyArray_DATA(dw) : NULL,
-                               (const double *)PyArray_DATA(w), DIM(w, 0), terms, nterms);
+    flops_term *terms;
+    if (!PyArg_ParseTuple(args, "O&O&|O&", A(w), A(t), A(dw)) || !same_shape(&dw, &w) ||
+        !(terms = terms_from(&t, DIM(w, 0), &nterms)))
+        return NULL;
+    double f = flops_of_widths(DATA_AS(double, dw), DATA_AS(const double, w), DIM(w, 0), terms,
+                               nterms);
     PyMem_Free(terms);
     return PyFloat_FromDouble(f);
 }
@@ -1188,67 +998,46 @@ static PyObject *py_flops_of_widths(PyObject *self, PyObject *args)
 static PyObject *py_flops_expected(PyObject *self, PyObject *args)
 {
     const char *FN = "flops_expected";
-    PyObject *o_a, *o_u, *o_t, *o_da = Py_None;
+    arr_arg a = F32(alpha, 1, 0), u = ARR(units, NPY_INT32, 2, 0),
+            t = ARR(terms, NPY_FLOAT64, 2, 0), da = F32(dalpha, 1, ARG_OUT | ARG_OPT);
     int prob_type;
     double scale = 1.0;
-    if (!PyArg_ParseTuple(args, "OOOi|Od", &o_a, &o_u, &o_t, &prob_type, &o_da, &scale))
+    if (!PyArg_ParseTuple(args, "O&O&O&i|O&d", A(a), A(u), A(t), &prob_type, A(da), &scale) ||
+        !same_shape(&da, &a) || !check_prob_type(FN, prob_type))
         return NULL;
-    PyArrayObject *a = F32(o_a, "alpha", 1, 0), *u, *da = NULL;
-    if (!a || !(u = as_array(o_u, FN, "units", NPY_INT32, 2, 0))) return NULL;
-    if (o_da != Py_None) {
-        if (!(da = F32(o_da, "dalpha", 1, 1)) || !same_shape(da, a, FN, "dalpha", "alpha"))
-            return NULL;
-    }
-    if (!check_prob_type(FN, prob_type)) return NULL;
-    if (DIM(u, 1) != 4) {
-        PyErr_Format(PyExc_ValueError, "%s: 'units' must have 4 columns "
-                     "[offset, ngroups, min_ch, group_size], got %d", FN, DIM(u, 1));
-        return NULL;
-    }
+    if (DIM(u, 1) != 4)
+        return PyErr_Format(PyExc_ValueError, "%s: 'units' must have 4 columns "
+                            "[offset, ngroups, min_ch, group_size], got %d", FN, DIM(u, 1));
     const int nunits = DIM(u, 0), nalpha = DIM(a, 0);
-    const flops_unit *units = (const flops_unit *)PyArray_DATA(u);
+    const flops_unit *units = DATA_AS(const flops_unit, u);
     for (int i = 0; i < nunits; i++) {
         const flops_unit *U = units + i;
-        if (U->offset < 0 || U->ngroups < 0 || (long long)U->offset + U->ngroups > nalpha ||
-            U->min_ch < 0 || U->group_size < 0) {
-            PyErr_Format(PyExc_ValueError, "%s: 'units' row %d (offset %d, ngroups %d, min %d, "
-                         "group %d) does not fit %d alphas", FN, i, U->offset, U->ngroups,
-                         U->min_ch, U->group_size, nalpha);
-            return NULL;
-        }
+        if (U->offset < 0 || U->ngroups < 0 || (int64_t)U->offset + U->ngroups > nalpha ||
+            U->min_ch < 0 || U->group_size < 0)
+            return PyErr_Format(PyExc_ValueError, "%s: 'units' row %d (offset %d, ngroups %d, "
+                                "min %d, group %d) does not fit %d alphas", FN, i, U->offset,
+                                U->ngroups, U->min_ch, U->group_size, nalpha);
     }
     int nterms;
-    flops_term *terms = terms_from(FN, o_t, nunits, &nterms);
-    if (!terms) return NULL;
+    flops_term *terms = terms_from(&t, nunits, &nterms);
+    if (!terms)
+        return NULL;
     void *work = PyMem_Malloc(flops_work_bytes(nalpha, nunits) + 16);
-    if (!work) { PyMem_Free(terms); return PyErr_NoMemory(); }
+    if (!work) {
+        PyMem_Free(terms);
+        return PyErr_NoMemory();
+    }
     double f = 0.0;
-    dmcp_status st = flops_expected(&f, da ? DATA(da) : NULL, DATA(a), units, nunits, terms, nterms,
+    dmcp_status st = flops_expected(&f, DATA(da), DATA(a), units, nunits, terms, nterms,
                                     prob_type, scale, work);
     PyMem_Free(work);
     PyMem_Free(terms);
-    if (status_error(st, FN)) return NULL;
+    if (st != DMCP_OK)
+        return done(st, FN);
     return PyFloat_FromDouble(f);
 }
 
 /* ---------------------------------------------------------------- image */
-
-#include <math.h>
-#include "image.h"
-
-/* obj as a C-contiguous uint8 (H, W, C) image with no empty dimension. */
-static PyArrayObject *u8_image(PyObject *obj, const char *fn, const char *arg, int writable)
-{
-    PyArrayObject *a = as_array(obj, fn, arg, NPY_UINT8, 3, writable);
-    if (a && (DIM(a, 0) < 1 || DIM(a, 1) < 1 || DIM(a, 2) < 1)) {
-        PyObject *s = shape_str(a);
-        if (s) PyErr_Format(PyExc_ValueError, "%s: argument '%s' is an empty image (shape %U)",
-                            fn, arg, s);
-        Py_XDECREF(s);
-        return NULL;
-    }
-    return a;
-}
 
 static void free_pixels(PyObject *capsule)
 {
@@ -1261,19 +1050,16 @@ static PyObject *py_decode_image(PyObject *self, PyObject *args)
     const char *FN = "decode_image";
     PyObject *o_data, *o_name = Py_None;
     if (!PyArg_ParseTuple(args, "O|O", &o_data, &o_name)) return NULL;
-    if (PyUnicode_Check(o_data) || !PyObject_CheckBuffer(o_data)) {
-        PyErr_Format(PyExc_TypeError, "%s: argument 'data' must be bytes (the file's contents), "
-                     "not %s", FN, Py_TYPE(o_data)->tp_name);
-        return NULL;
-    }
+    if (PyUnicode_Check(o_data) || !PyObject_CheckBuffer(o_data))
+        return PyErr_Format(PyExc_TypeError, "%s: argument 'data' must be bytes (the file's "
+                            "contents), not %s", FN, Py_TYPE(o_data)->tp_name);
     Py_buffer view;
-    if (PyObject_GetBuffer(o_data, &view, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(o_data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
     uint8_t *pix = NULL;
     int h = 0, w = 0;
     dmcp_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = image_decode(&pix, &h, &w, (const uint8_t *)view.buf, (size_t)view.len);
-    Py_END_ALLOW_THREADS
+    NOGIL(st = image_decode(&pix, &h, &w, (const uint8_t *)view.buf, (size_t)view.len));
     const Py_ssize_t nbytes = view.len;
     PyBuffer_Release(&view);
     if (st == DMCP_ERR_NOMEM) return PyErr_Format(PyExc_MemoryError, "%s: out of memory", FN);
@@ -1298,28 +1084,22 @@ static PyObject *py_decode_image(PyObject *self, PyObject *args)
 static PyObject *py_encode_jpeg(PyObject *self, PyObject *args)
 {
     const char *FN = "encode_jpeg";
-    PyObject *o_img;
+    arr_arg img = IMG(img, 0);
     int quality = 90;
-    if (!PyArg_ParseTuple(args, "O|i", &o_img, &quality)) return NULL;
-    PyArrayObject *img = u8_image(o_img, FN, "img", 0);
-    if (!img) return NULL;
-    if (DIM(img, 2) != 3) {
-        PyErr_Format(PyExc_ValueError, "%s: argument 'img' must have 3 channels (RGB), got %d",
-                     FN, DIM(img, 2));
+    if (!PyArg_ParseTuple(args, "O&|i", to_image, &img, &quality))
         return NULL;
-    }
-    if (quality < 1 || quality > 100) {
-        PyErr_Format(PyExc_ValueError, "%s: quality must be in 1..100, got %d", FN, quality);
-        return NULL;
-    }
+    if (DIM(img, 2) != 3)
+        return PyErr_Format(PyExc_ValueError, "%s: argument 'img' must have 3 channels (RGB), "
+                            "got %d", FN, DIM(img, 2));
+    if (quality < 1 || quality > 100)
+        return PyErr_Format(PyExc_ValueError, "%s: quality must be in 1..100, got %d", FN, quality);
     uint8_t *buf = NULL;
     size_t len = 0;
     dmcp_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = image_encode_jpeg(&buf, &len, (const uint8_t *)PyArray_DATA(img), DIM(img, 0),
-                           DIM(img, 1), quality);
-    Py_END_ALLOW_THREADS
-    if (status_error(st, FN)) return NULL;
+    NOGIL(st = image_encode_jpeg(&buf, &len, DATA_AS(const uint8_t, img), DIM(img, 0),
+                                 DIM(img, 1), quality));
+    if (st != DMCP_OK)
+        return done(st, FN);
     PyObject *bytes = PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)len);
     free(buf);
     return bytes;
@@ -1331,57 +1111,47 @@ static PyObject *py_encode_jpeg(PyObject *self, PyObject *args)
 static PyObject *py_resize_crop(PyObject *self, PyObject *args)
 {
     const char *FN = "resize_crop";
-    PyObject *o_out, *o_inp;
+    PyObject *o_out;
+    arr_arg inp = IMG(inp, 0), out_u8 = IMG(out, ARG_OUT), out_f32 = F32(out, 3, ARG_OUT);
     resize_geom g;
     g.rh = -1; g.rw = -1; g.oy = 0; g.ox = 0;
-    if (!PyArg_ParseTuple(args, "OOiiii|iiii", &o_out, &o_inp, &g.crop_y, &g.crop_x,
-                          &g.crop_h, &g.crop_w, &g.rh, &g.rw, &g.oy, &g.ox)) return NULL;
-    PyArrayObject *inp = u8_image(o_inp, FN, "inp", 0), *out;
-    if (!inp) return NULL;
-    const int out_u8 = PyArray_Check(o_out) && PyArray_TYPE((PyArrayObject *)o_out) == NPY_UINT8;
-    if (!(out = out_u8 ? u8_image(o_out, FN, "out", 1) : F32(o_out, "out", 3, 1))) return NULL;
+    if (!PyArg_ParseTuple(args, "OO&iiii|iiii", &o_out, to_image, &inp, &g.crop_y, &g.crop_x,
+                          &g.crop_h, &g.crop_w, &g.rh, &g.rw, &g.oy, &g.ox))
+        return NULL;
+    const int is_u8 = PyArray_Check(o_out) && PyArray_TYPE((PyArrayObject *)o_out) == NPY_UINT8;
+    arr_arg *out = is_u8 ? &out_u8 : &out_f32;
+    if (!to_image(o_out, out))           /* uint8 or float32, not empty */
+        return NULL;
     g.h = DIM(inp, 0); g.w = DIM(inp, 1); g.c = DIM(inp, 2);
-    g.oh = DIM(out, 0); g.ow = DIM(out, 1);
+    g.oh = DIM(*out, 0); g.ow = DIM(*out, 1);
     if (g.rh < 0) g.rh = g.oh;
     if (g.rw < 0) g.rw = g.ow;
-    if (DIM(out, 2) != g.c) {
-        PyErr_Format(PyExc_ValueError, "%s: 'out' has %d channels but 'inp' %d", FN,
-                     DIM(out, 2), g.c);
-        return NULL;
-    }
+    if (DIM(*out, 2) != g.c)
+        return PyErr_Format(PyExc_ValueError, "%s: 'out' has %d channels but 'inp' %d", FN,
+                            DIM(*out, 2), g.c);
     if (g.crop_h < 1 || g.crop_w < 1 || g.crop_y < 0 || g.crop_x < 0 ||
-        (long long)g.crop_y + g.crop_h > g.h || (long long)g.crop_x + g.crop_w > g.w) {
-        PyErr_Format(PyExc_ValueError, "%s: crop (y=%d, x=%d, h=%d, w=%d) is not inside the "
-                     "%dx%d input", FN, g.crop_y, g.crop_x, g.crop_h, g.crop_w, g.h, g.w);
-        return NULL;
-    }
-    if (g.rh < 1 || g.rw < 1 || g.oy < 0 || g.ox < 0 || (long long)g.oy + g.oh > g.rh ||
-        (long long)g.ox + g.ow > g.rw) {
-        PyErr_Format(PyExc_ValueError, "%s: window (oy=%d, ox=%d) of size %dx%d ('out') is not "
-                     "inside the %dx%d resized crop", FN, g.oy, g.ox, g.oh, g.ow, g.rh, g.rw);
-        return NULL;
-    }
+        (int64_t)g.crop_y + g.crop_h > g.h || (int64_t)g.crop_x + g.crop_w > g.w)
+        return PyErr_Format(PyExc_ValueError, "%s: crop (y=%d, x=%d, h=%d, w=%d) is not inside the "
+                            "%dx%d input", FN, g.crop_y, g.crop_x, g.crop_h, g.crop_w, g.h, g.w);
+    if (g.rh < 1 || g.rw < 1 || g.oy < 0 || g.ox < 0 || (int64_t)g.oy + g.oh > g.rh ||
+        (int64_t)g.ox + g.ow > g.rw)
+        return PyErr_Format(PyExc_ValueError, "%s: window (oy=%d, ox=%d) of size %dx%d ('out') is "
+                            "not inside the %dx%d resized crop", FN, g.oy, g.ox, g.oh, g.ow, g.rh,
+                            g.rw);
     dmcp_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = out_u8 ? image_resize_crop_u8((uint8_t *)PyArray_DATA(out),
-                                       (const uint8_t *)PyArray_DATA(inp), &g)
-                : image_resize_crop_f32(DATA(out), (const uint8_t *)PyArray_DATA(inp), &g);
-    Py_END_ALLOW_THREADS
-    if (status_error(st, FN)) return NULL;
-    Py_RETURN_NONE;
+    NOGIL(st = is_u8 ? image_resize_crop_u8(DATA_AS(uint8_t, *out), DATA_AS(const uint8_t, inp), &g)
+                     : image_resize_crop_f32(DATA(*out), DATA_AS(const uint8_t, inp), &g));
+    return done(st, FN);
 }
 
 /* flip_horizontal(img uint8 (H, W, C)), in place */
 static PyObject *py_flip_horizontal(PyObject *self, PyObject *args)
 {
     const char *FN = "flip_horizontal";
-    PyObject *o_img;
-    if (!PyArg_ParseTuple(args, "O", &o_img)) return NULL;
-    PyArrayObject *img = u8_image(o_img, FN, "img", 1);
-    if (!img) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    image_flip_horizontal((uint8_t *)PyArray_DATA(img), DIM(img, 0), DIM(img, 1), DIM(img, 2));
-    Py_END_ALLOW_THREADS
+    arr_arg img = IMG(img, ARG_OUT);
+    if (!PyArg_ParseTuple(args, "O&", to_image, &img))
+        return NULL;
+    NOGIL(image_flip_horizontal(DATA_AS(uint8_t, img), DIM(img, 0), DIM(img, 1), DIM(img, 2)));
     Py_RETURN_NONE;
 }
 
@@ -1390,37 +1160,30 @@ static PyObject *py_flip_horizontal(PyObject *self, PyObject *args)
 static PyObject *py_color_jitter(PyObject *self, PyObject *args)
 {
     const char *FN = "color_jitter";
-    PyObject *o_img;
+    arr_arg img = IMG(img, ARG_OUT);
     double f[3];
     const char *order = "bcs";
-    if (!PyArg_ParseTuple(args, "Oddd|s", &o_img, &f[0], &f[1], &f[2], &order)) return NULL;
-    PyArrayObject *img = u8_image(o_img, FN, "img", 1);
-    if (!img) return NULL;
-    const int c = DIM(img, 2);
-    if (c != 1 && c != 3) {
-        PyErr_Format(PyExc_ValueError, "%s: argument 'img' must have 1 or 3 channels, got %d",
-                     FN, c);
+    if (!PyArg_ParseTuple(args, "O&ddd|s", to_image, &img, &f[0], &f[1], &f[2], &order))
         return NULL;
-    }
+    const int c = DIM(img, 2);
+    if (c != 1 && c != 3)
+        return PyErr_Format(PyExc_ValueError, "%s: argument 'img' must have 1 or 3 channels, "
+                            "got %d", FN, c);
     static const char *names[3] = {"brightness", "contrast", "saturation"};
     for (int i = 0; i < 3; i++)
-        if (!isfinite(f[i]) || f[i] < 0.0) {
-            PyErr_Format(PyExc_ValueError, "%s: %s factor must be finite and >= 0, got %R", FN,
-                         names[i], PyTuple_GET_ITEM(args, 1 + i));
-            return NULL;
-        }
+        if (!isfinite(f[i]) || f[i] < 0.0)
+            return PyErr_Format(PyExc_ValueError, "%s: %s factor must be finite and >= 0, got %R",
+                                FN, names[i], PyTuple_GET_ITEM(args, 1 + i));
     int ops[3], nops = 0, seen = 0;
     for (const char *p = order; *p; p++) {
         const char *at = strchr("bcs", *p);
-        if (!at || nops == 3 || (seen & (1 << (at - "bcs")))) {
-            PyErr_Format(PyExc_ValueError, "%s: order must list each of 'b', 'c', 's' at most "
-                         "once, got '%s'", FN, order);
-            return NULL;
-        }
+        if (!at || nops == 3 || (seen & (1 << (at - "bcs"))))
+            return PyErr_Format(PyExc_ValueError, "%s: order must list each of 'b', 'c', 's' at "
+                                "most once, got '%s'", FN, order);
         seen |= 1 << (at - "bcs");
         ops[nops++] = (int)(at - "bcs");
     }
-    uint8_t *px = (uint8_t *)PyArray_DATA(img);
+    uint8_t *px = DATA_AS(uint8_t, img);
     const size_t npix = (size_t)DIM(img, 0) * DIM(img, 1);
     Py_BEGIN_ALLOW_THREADS
     for (int i = 0; i < nops; i++) {
@@ -1439,38 +1202,27 @@ static PyObject *py_color_jitter(PyObject *self, PyObject *args)
 static PyObject *py_pack_chw(PyObject *self, PyObject *args)
 {
     const char *FN = "pack_chw";
-    PyObject *o_batch, *o_img, *o_mean, *o_std;
+    arr_arg batch = F32(batch, 4, ARG_OUT), img = IMG(img, 0), mean = F32(mean, 1, 0),
+            std = F32(std, 1, 0);
     int index, swap;
-    if (!PyArg_ParseTuple(args, "OiOOOp", &o_batch, &index, &o_img, &o_mean, &o_std, &swap))
+    if (!PyArg_ParseTuple(args, "O&iO&O&O&p", A(batch), &index, to_image, &img, A(mean), A(std),
+                          &swap))
         return NULL;
-    PyArrayObject *batch, *img, *mean, *std;
-    if (!(batch = F32(o_batch, "batch", 4, 1)) || !(img = u8_image(o_img, FN, "img", 0)) ||
-        !(mean = F32(o_mean, "mean", 1, 0)) || !(std = F32(o_std, "std", 1, 0))) return NULL;
     const int n = DIM(batch, 0), c = DIM(batch, 1), h = DIM(batch, 2), w = DIM(batch, 3);
-    if (index < 0 || index >= n) {
-        PyErr_Format(PyExc_ValueError, "%s: index %d outside the batch of %d", FN, index, n);
-        return NULL;
-    }
-    if (DIM(img, 0) != h || DIM(img, 1) != w || DIM(img, 2) != c) {
-        PyErr_Format(PyExc_ValueError, "%s: 'img' is %dx%dx%d (H, W, C) but the batch holds "
-                     "%dx%dx%d images", FN, DIM(img, 0), DIM(img, 1), DIM(img, 2), h, w, c);
-        return NULL;
-    }
-    if (DIM(mean, 0) != c || DIM(std, 0) != c) {
-        PyErr_Format(PyExc_ValueError, "%s: 'mean' and 'std' must have %d entries (got %d, %d)",
-                     FN, c, DIM(mean, 0), DIM(std, 0));
-        return NULL;
-    }
+    if (index < 0 || index >= n)
+        return PyErr_Format(PyExc_ValueError, "%s: index %d outside the batch of %d", FN, index, n);
+    if (DIM(img, 0) != h || DIM(img, 1) != w || DIM(img, 2) != c)
+        return PyErr_Format(PyExc_ValueError, "%s: 'img' is %dx%dx%d (H, W, C) but the batch holds "
+                            "%dx%dx%d images", FN, DIM(img, 0), DIM(img, 1), DIM(img, 2), h, w, c);
+    if (DIM(mean, 0) != c || DIM(std, 0) != c)
+        return PyErr_Format(PyExc_ValueError, "%s: 'mean' and 'std' must have %d entries "
+                            "(got %d, %d)", FN, c, DIM(mean, 0), DIM(std, 0));
     const float *sd = DATA(std);
     for (int k = 0; k < c; k++)
-        if (!(sd[k] > 0.0f) || !isfinite(sd[k])) {
-            PyErr_Format(PyExc_ValueError, "%s: 'std' entries must be finite and > 0", FN);
-            return NULL;
-        }
+        if (!(sd[k] > 0.0f) || !isfinite(sd[k]))
+            return PyErr_Format(PyExc_ValueError, "%s: 'std' entries must be finite and > 0", FN);
     float *slot = DATA(batch) + (size_t)index * c * h * w;
-    Py_BEGIN_ALLOW_THREADS
-    image_pack_chw(slot, (const uint8_t *)PyArray_DATA(img), h, w, c, DATA(mean), sd, swap);
-    Py_END_ALLOW_THREADS
+    NOGIL(image_pack_chw(slot, DATA_AS(const uint8_t, img), h, w, c, DATA(mean), sd, swap));
     Py_RETURN_NONE;
 }
 

@@ -141,6 +141,106 @@ def test_non_contiguous_is_value_error(fn, arg):
         expect(fn, bad, ValueError, arg)
 
 
+def swapped(a):
+    """Same values, the other byte order (big-endian on x86)."""
+    return a.astype(a.dtype.newbyteorder())
+
+
+@pytest.mark.parametrize("fn,arg", ARRAY_ARGS, ids=[f"{f}-{a}" for f, a in ARRAY_ARGS])
+def test_non_native_byte_order_is_type_error(fn, arg):
+    args = BINDINGS[fn][1]()
+    i = pos(fn, arg)
+    args[i] = swapped(args[i])
+    assert not args[i].dtype.isnative
+    with pytest.raises(TypeError, match=rf"^{fn}: argument '{arg}' must have dtype .*non-native "
+                                        r"byte order"):
+        call(fn, args)
+
+
+# More bindings, every array argument: name -> [(argument name or None for a scalar, value)]
+def _conv_args():
+    return [("dinp", z((2, 3, 6, 6))), ("dweight", z((4, 3, 3, 3))), ("dbias", z(4)),
+            ("dout", z((2, 4, 6, 6))), ("inp", z((2, 3, 6, 6))), ("weight", z((4, 3, 3, 3)))] + \
+           [(None, 1)] * 7
+
+
+NAMED_ARGS = {
+    "conv2d_forward_naive": lambda: [("out", z((2, 4, 6, 6))), ("inp", z((2, 3, 6, 6))),
+                                     ("weight", z((4, 3, 3, 3))), ("bias", z(4))] + [(None, 1)] * 7,
+    "conv2d_backward_naive": _conv_args,
+    "batchnorm_forward_eval": lambda: [("out", z((2, 3, 4, 4))), ("inp", z((2, 3, 4, 4))),
+                                       ("gamma", z(3)), ("beta", z(3)), ("running_mean", z(3)),
+                                       ("running_var", np.ones(3, f32)), (None, 1e-5)],
+    "batchnorm_backward": lambda: [("dinp", z((2, 3, 4, 4))), ("dgamma", z(3)), ("dbeta", z(3)),
+                                   ("dout", z((2, 3, 4, 4))), ("inp", z((2, 3, 4, 4))),
+                                   ("mean", z(3)), ("invstd", np.ones(3, f32)), ("gamma", z(3)),
+                                   (None, True)],
+    "relu_forward": lambda: [("out", z(5)), ("inp", z(5)), (None, 6.0)],
+    "relu_backward": lambda: [("dinp", z(5)), ("dout", z(5)), ("out", z(5))],
+    "add_forward": lambda: [("out", z((2, 3))), ("a", z((2, 3))), ("b", z((2, 3)))],
+    "add_backward": lambda: [("dinp", z(4)), ("dout", z(4))],
+    "dropout_forward": lambda: [("out", z(4)), ("mask", z(4)), ("inp", z(4)), (None, 0.5), (None, 1)],
+    "dropout_backward": lambda: [("dinp", z(4)), ("dout", z(4)), ("mask", z(4))],
+    "maxpool2d_backward": lambda: [("dinp", z((1, 2, 4, 4))), ("dout", z((1, 2, 2, 2))),
+                                   ("argmax", np.zeros((1, 2, 2, 2), i32))],
+    "avgpool_global_forward": lambda: [("out", z((2, 3))), ("inp", z((2, 3, 4, 4)))],
+    "avgpool_global_backward": lambda: [("dinp", z((2, 3, 4, 4))), ("dout", z((2, 3)))],
+    "linear_backward": lambda: [("dinp", z((2, 5))), ("dweight", z((4, 5))), ("dbias", z(4)),
+                                ("dout", z((2, 4))), ("inp", z((2, 5))), ("weight", z((4, 5)))],
+    "crossentropy_backward": lambda: [("dlogits", z((3, 4))), ("probs", z((3, 4))),
+                                      ("labels", np.array([0, 1, 3], i64)), (None, 0.0), (None, 1.0)],
+    "kldiv_forward": lambda: [("losses", z(3)), ("pstudent", z((3, 4))), ("pteacher", z((3, 4))),
+                              ("student", z((3, 4))), ("teacher", z((3, 4))), (None, 2.0)],
+    "kldiv_backward": lambda: [("dstudent", z((3, 4))), ("pstudent", z((3, 4))),
+                               ("pteacher", z((3, 4))), (None, 2.0), (None, 1.0)],
+    "adam_step": lambda: [("param", z(6)), ("exp_avg", z(6)), ("exp_avg_sq", z(6)), ("grad", z(6)),
+                          (None, 0.1), (None, 0.9), (None, 0.999), (None, 1e-8), (None, 0.0),
+                          (None, 1)],
+    "markov_probs_forward": lambda: [("P", z(4)), ("alpha", z(4)), (None, 0)],
+    "markov_probs_backward": lambda: [("dalpha", z(4)), ("dP", z(4)), ("P", z(4)),
+                                      ("alpha", z(4)), (None, 1)],
+    "gate_backward": lambda: [("dinp", z((2, 7, 3, 3))), ("dP", z(3)), ("dout", z((2, 7, 3, 3))),
+                              ("inp", z((2, 7, 3, 3))), ("P", np.full(3, 0.5, f32)), (None, 1),
+                              (None, 2)],
+    "flops_of_widths": lambda: [("widths", np.ones(2, f64)),
+                                ("terms", np.array([[0, 1, 0, 0, 2.0]], f64)),
+                                ("dwidths", np.zeros(2, f64))],
+    "resize_crop": lambda: [("out", z((2, 2, 3))), ("inp", np.zeros((4, 4, 3), np.uint8)),
+                            (None, 0), (None, 0), (None, 4), (None, 4)],
+    "pack_chw": lambda: [("batch", z((2, 3, 2, 2))), (None, 1),
+                         ("img", np.zeros((2, 2, 3), np.uint8)), ("mean", z(3)),
+                         ("std", np.ones(3, f32)), (None, False)],
+}
+NAMED = [(fn, k) for fn, build in NAMED_ARGS.items()
+         for k, (name, v) in enumerate(build()) if name is not None and v.dtype.itemsize > 1]
+
+
+@pytest.mark.parametrize("fn,k", NAMED, ids=[f"{f}-{k}" for f, k in NAMED])
+def test_every_array_argument_refuses_non_native_byte_order(fn, k):
+    named = NAMED_ARGS[fn]()
+    getattr(C, fn)(*[v for _, v in named])            # the native call is valid
+    name, value = named[k]
+    named[k] = (name, swapped(value))
+    with pytest.raises(TypeError, match=rf"^{fn}: argument '{name}' must have dtype .*non-native "
+                                        r"byte order"):
+        getattr(C, fn)(*[v for _, v in named])
+
+
+def test_byte_order_of_keyword_arrays():
+    x = z((2, 4, 3, 3))
+    for kw in ({"P": swapped(np.ones(4, f32))}, {"P": np.ones(4, f32), "dP": swapped(z(4))}):
+        with pytest.raises(TypeError, match=rf"^batchnorm_backward: argument '{list(kw)[-1]}' "
+                                            r".*non-native byte order"):
+            C.batchnorm_backward(z(x.shape), None, None, x, x, z(4), np.ones(4, f32),
+                                 np.ones(4, f32), True, beta=z(4), min_ch=0, group_size=1, **kw)
+
+
+def test_relu_does_not_misread_big_endian_data():
+    """The issue's example: big-endian input once ran as if native."""
+    with pytest.raises(TypeError, match=r"^relu_forward: argument 'inp'"):
+        C.relu_forward(np.zeros(4, f32), np.arange(4, dtype=">f4"))
+
+
 def test_misaligned_is_value_error():
     buf = np.zeros(4 * 20 + 1, np.uint8)[1:].view(f32).reshape(4, 5)
     assert not buf.flags.aligned

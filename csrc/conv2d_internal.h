@@ -1,0 +1,136 @@
+/* conv2d_internal.h: what the conv2d_*.c files share.  csrc/isa/conv2d_<isa>.c
+ * compiles conv2d.c, conv2d_gemm.c, conv2d_tiled.c, conv2d_depthwise.c and
+ * conv2d_winograd.c as one translation unit per ISA variant, so the functions
+ * declared here stay static.
+ *
+ * Paths, picked from the shape alone (never from the thread count):
+ *   tiled (conv2d_tiled.c; dense and grouped, kernel larger than 1x1,
+ *     per-group weights of at most CONV_TILED_MAX_W floats, batch >= 2): one
+ *     OpenMP region over fixed batch slots; each slot copies an image into
+ *     zero-padded, stride-phase planes and runs an implicit GEMM (no column
+ *     matrix) with a register-blocked micro-kernel.  No OpenBLAS, one
+ *     fork/join per call.
+ *   GEMM (conv2d_gemm.c; everything else dense or grouped: 1x1 kernels, large
+ *     weights, batch 1, and backward-data of strided or few-channel convs):
+ *     im2col of a chunk of images side by side, one OpenBLAS SGEMM per chunk
+ *     and group.
+ *     OpenMP loops for im2col/col2im/gather/scatter, threaded OpenBLAS for
+ *     the GEMMs, never one inside the other.
+ *   depthwise (conv2d_depthwise.c; groups == c == oc, w_cin_full == 1): flat
+ *     direct loops over zero-padded planes, parallel over planes (channels for
+ *     the weights).
+ *   Winograd F(2x2, 3x3) (conv2d_winograd.c; 3x3, stride 1, dilation 1,
+ *     groups 1, at least WINO_MIN_CH channels each way): forward, backward-data
+ *     and (more channels) backward-weight, ahead of the tiled path.
+ *   _naive (conv2d.c): direct loops with double accumulators, the reference
+ *     for tests.
+ *
+ * Weight indexing, shared by every path: output channel o of group g uses
+ * weight[o*ldw + (ci*KH + ky)*KW + kx] for its ci < c/groups inputs, with
+ * ldw = w_cin_full*KH*KW (rows of the full supernet buffer).
+ */
+#ifndef DMCP_CONV2D_INTERNAL_H
+#define DMCP_CONV2D_INTERNAL_H
+
+#include "conv2d.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <string.h>
+
+/* Below this many floats of work an OpenMP region costs more than it saves. */
+#define CONV_PAR_MIN 16384
+#define CONV_SLOTS 8           /* batch slices; also the weight-gradient partial sums */
+
+/* Micro-kernel tiles (conv2d_tiled.c; the depthwise and Winograd paths use them too). */
+#define CONV_MR 6              /* micro-tile rows */
+#define CONV_NR 16             /* micro-tile columns (two 8-float vectors) */
+#define CONV_SLOTS_MAX 64      /* most threads that get their own Winograd block buffers */
+#define CONV_TILED_MAX_K 2048  /* longest micro-kernel reduction (offset tables live on the stack) */
+
+/* GCC fuses a*b + c into FMA only with -ffp-contract=fast, which -std=c11
+ * turns off; the micro-kernel asks for it (clang fuses within an expression). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define CONV_FMA_CONTRACT __attribute__((optimize("fp-contract=fast")))
+#else
+#define CONV_FMA_CONTRACT
+#endif
+
+/* Zero-padded, phase-split planes and the output grid that reads them. */
+typedef struct {
+    int sh, sw;                /* stride: sh*sw phase planes per channel */
+    int hq, wq;                /* phase plane */
+    ptrdiff_t pl;              /* phase plane stride: hq*wq plus zero slack */
+    int top, left;             /* where the source sits in the padded plane */
+    int orows, ocols;          /* output grid rows; valid columns of its wq */
+    int trows, ntp;            /* output rows per tile; tile columns, a multiple of NR */
+} pad_grid;
+
+/* Sizes of the tiled path, all derived from the shape. */
+typedef struct {
+    int slots;                 /* batch slices */
+    int k, kpad;               /* (c/G)*KH*KW, rounded up to CONV_MR */
+    int ocg, ocpad, ocpad16;   /* oc/G, rounded up to CONV_MR and to CONV_NR */
+    int cg, cgpad, kb;         /* c/G, rounded up to CONV_MR; (oc/G)*KH*KW */
+    bool data;                 /* backward-data runs here too */
+    pad_grid fg, bg;           /* forward/weight grid over inp; backward-data grid over dout */
+    ptrdiff_t wpack;           /* floats of packed weights, all groups */
+    ptrdiff_t src, pan, res, dwt;    /* floats of each per-slot buffer */
+    ptrdiff_t srcf;            /* src: padded input first, then (data) padded dout */
+} conv_tiling;
+
+static inline ptrdiff_t round_up(ptrdiff_t x, ptrdiff_t m) { return (x + m - 1) / m * m; }
+
+/* First image of slot i of `slots` over n images. */
+static inline int slot_start(int i, int slots, int n) { return (int)((long long)n * i / slots); }
+
+/* conv2d_gemm.c */
+static size_t conv_gemm_scratch(const conv_shape *s);
+static void conv_gemm_forward(float *out, const float *inp, const float *weight,
+                              const float *bias, const conv_shape *s, float *scratch);
+static void conv_gemm_backward(float *dinp, float *dweight, const float *dout,
+                               const float *inp, const float *weight,
+                               const conv_shape *s, float *scratch);
+
+/* conv2d_tiled.c */
+static bool conv_tiling_of(const conv_shape *s, conv_tiling *t);
+static ptrdiff_t conv_tiled_scratch(const conv_shape *s, bool *tiled, bool *data);
+static bool pad_grid_init(pad_grid *g, int hp, int wp, int sh, int sw, int top, int left,
+                          int orows, int ocols, int reach, int kpad);
+CONV_FMA_CONTRACT
+static void conv_kernel(int k, const float *restrict a, const int *restrict aoff,
+                        const float *restrict b, const int *restrict boff,
+                        float *restrict c, ptrdiff_t ldc, bool add);
+static void linear_offsets(int *off, int n, int step);
+static void pad_planes(float *dst, const float *src, int np, int h, int w, const pad_grid *g,
+                       const conv_shape *s, bool zero);
+static void conv_tiled_forward(float *out, const float *inp, const float *weight,
+                               const float *bias, const conv_shape *s, const conv_tiling *t,
+                               float *scratch);
+static void conv_tiled_backward(float *dinp, float *dweight, const float *dout,
+                                const float *inp, const float *weight,
+                                const conv_shape *s, const conv_tiling *t, float *scratch);
+
+/* conv2d_depthwise.c */
+static bool conv_is_dw_direct(const conv_shape *s);
+static ptrdiff_t dw_scratch(const conv_shape *s);
+static void dw_forward(float *out, const float *inp, const float *weight,
+                       const float *bias, const conv_shape *s, float *scratch);
+static void dw_backward(float *dinp, float *dweight, const float *dout,
+                        const float *inp, const float *weight, const conv_shape *s,
+                        float *scratch);
+
+/* conv2d_winograd.c */
+static bool conv_is_wino(const conv_shape *s);
+static bool conv_is_wino_dw(const conv_shape *s);
+static size_t wino_scratch(const conv_shape *s);
+static void wino_forward(float *out, const float *inp, const float *weight, const float *bias,
+                         const conv_shape *s, float *scratch);
+static void wino_backward_data(float *dinp, const float *dout, const float *weight,
+                               const conv_shape *s, float *scratch);
+static void wino_backward_weight(float *dweight, const float *dout, const float *inp,
+                                 const conv_shape *s, float *scratch);
+
+#endif

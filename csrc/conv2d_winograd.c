@@ -1,0 +1,442 @@
+/* conv2d_winograd.c: the Winograd path of conv2d (see conv2d_internal.h). */
+#include "conv2d_internal.h"
+
+/* ---- Winograd F(2x2, 3x3): 3x3, stride 1, dilation 1, dense convs ----
+ *
+ * Y = A^T [(G g G^T) . (B^T d B)] A per 2x2 output tile d: 16 products per
+ * tile and channel pair instead of 36.  U[xi] (R, K), xi < 16, holds the
+ * transformed weights (once per call, rows padded to CONV_MR with zeros).
+ * The tiles of the whole batch are cut into blocks of `tb` (a multiple of
+ * CONV_NR); one OpenMP region runs the blocks, and each thread, per block:
+ *   V[xi] (K, tb)  <- B^T d B of the block's 4x4 input tiles
+ *   M[xi] (R, tb)  =  U[xi] @ V[xi]   (conv_kernel, 16 small GEMMs in cache)
+ *   out            <- A^T M A, 2x2 per tile, cropped at odd edges.
+ * Forward: K = c inputs, R = oc outputs.  Backward-data is the same conv of
+ * dout with the flipped, transposed kernel and padding 2 - p (so p <= 2):
+ * K = oc, R = c.  The transforms only add and halve, so results differ from
+ * the direct sums by float rounding (tests hold them to the naive kernel);
+ * blocks depend on the shape only, so not on the thread count.
+ * Taken when both channel counts are at least WINO_MIN_CH. */
+
+#define WINO_MAX_ROW 4096      /* widest padded row of tiles the stack buffers hold */
+#ifndef WINO_MIN_CH
+#define WINO_MIN_CH 16
+#endif
+/* Target floats of a block's V and M (512 KB: they stay in L2). */
+#ifndef WINO_BLOCK_FLOATS
+#define WINO_BLOCK_FLOATS (1 << 17)
+#endif
+
+static bool conv_is_wino(const conv_shape *s)
+{
+    return s->kh == 3 && s->kw == 3 && s->sh == 1 && s->sw == 1 && s->dh == 1 && s->dw == 1 &&
+           s->groups == 1 && s->ph <= 2 && s->pw <= 2 && s->c >= WINO_MIN_CH &&
+           s->oc >= WINO_MIN_CH && s->c <= CONV_TILED_MAX_K && s->oc <= CONV_TILED_MAX_K &&
+           s->w + 6 <= WINO_MAX_ROW && s->ow + 6 <= WINO_MAX_ROW;
+}
+
+/* Tiles per block for K inputs and R outputs. */
+static int wino_block(int k, int r)
+{
+    const ptrdiff_t tb = WINO_BLOCK_FLOATS / ((ptrdiff_t)16 * (k + round_up(r, CONV_MR)));
+    return (int)DMCP_MAX(CONV_NR, DMCP_MIN(256, tb / CONV_NR * CONV_NR));
+}
+
+/* Floats of U plus one block's V and M, for R outputs from K inputs. */
+static ptrdiff_t wino_floats(int k, int r, int threads)
+{
+    const ptrdiff_t rp = round_up(r, CONV_MR);
+    return 16 * rp * k + (ptrdiff_t)threads * 16 * (k + rp) * wino_block(k, r);
+}
+
+static ptrdiff_t wino_dw_scratch(const conv_shape *s, int threads);
+
+static size_t wino_scratch(const conv_shape *s)
+{
+    const int threads = DMCP_MIN(omp_get_max_threads(), CONV_SLOTS_MAX);
+    const ptrdiff_t f = DMCP_MAX(wino_floats(s->c, s->oc, threads), wino_floats(s->oc, s->c, threads));
+    return (size_t)DMCP_MAX(f, wino_dw_scratch(s, threads));
+}
+
+/* U[xi][r][k] = (G g G^T)[xi] of the 3x3 kernel g linking input k to output r,
+ * r < rp (rows past r_n zero): forward g = W[r][k]; flipped (backward-data)
+ * g[y][x] = W[k][r][2-y][2-x]. */
+static void wino_weights(float *U, const float *weight, int ldw, int r_n, int rp, int k_n,
+                         bool flip)
+{
+    const ptrdiff_t plane = (ptrdiff_t)rp * k_n;
+    #pragma omp parallel for schedule(static) if (plane * 16 > CONV_PAR_MIN)
+    for (int r = 0; r < rp; r++) {
+        for (int k = 0; k < k_n; k++) {
+            float g[3][3] = {{0}}, t[4][3];
+            if (r < r_n) {
+                const float *w = flip ? weight + (ptrdiff_t)k * ldw + r * 9
+                                      : weight + (ptrdiff_t)r * ldw + k * 9;
+                for (int y = 0; y < 3; y++)
+                    for (int x = 0; x < 3; x++)
+                        g[y][x] = flip ? w[(2 - y) * 3 + (2 - x)] : w[y * 3 + x];
+            }
+            for (int x = 0; x < 3; x++) {         /* t = G g */
+                t[0][x] = g[0][x];
+                t[1][x] = 0.5f * (g[0][x] + g[1][x] + g[2][x]);
+                t[2][x] = 0.5f * (g[0][x] - g[1][x] + g[2][x]);
+                t[3][x] = g[2][x];
+            }
+            float *u = U + (ptrdiff_t)r * k_n + k;
+            for (int y = 0; y < 4; y++) {         /* U = t G^T */
+                u[(y * 4 + 0) * plane] = t[y][0];
+                u[(y * 4 + 1) * plane] = 0.5f * (t[y][0] + t[y][1] + t[y][2]);
+                u[(y * 4 + 2) * plane] = 0.5f * (t[y][0] - t[y][1] + t[y][2]);
+                u[(y * 4 + 3) * plane] = t[y][2];
+            }
+        }
+    }
+}
+
+/* Geometry of one Winograd conv: in (N, K, H, W) -> out (N, R, OH, OW). */
+typedef struct {
+    int n, k, h, w, r, rp, oh, ow, ph, pw, th, tw, tb;
+} wino_geom;
+
+/* The run of tiles starting at block tile t, within a row of tiles: image b,
+ * tile row ty, columns tx0 .. tx1-1, ending at or before block tile `end`. */
+typedef struct { int b, ty, tx0, tx1; } wino_run;
+
+static wino_run wino_run_at(const wino_geom *g, ptrdiff_t t, ptrdiff_t end)
+{
+    const ptrdiff_t per = (ptrdiff_t)g->th * g->tw;
+    wino_run r;
+    r.b = (int)(t / per);
+    r.ty = (int)(t % per / g->tw);
+    r.tx0 = (int)(t % g->tw);
+    r.tx1 = (int)DMCP_MIN((ptrdiff_t)g->tw, r.tx0 + end - t);
+    return r;
+}
+
+/* V[xi][k][j] <- B^T d B of tile t0 + j, j < cnt (columns up to tb zero);
+ * tile t = (b*TH + ty)*TW + tx reads rows 2ty - ph .. +3 and columns
+ * 2tx - pw .. +3 of image b, zero outside.  Each row of tiles first copies
+ * its 4 input rows into zero-padded rows, so the transform is one loop over
+ * the tiles that vectorises. */
+static void wino_inputs(float *V, const float *in, const wino_geom *g, ptrdiff_t t0, int cnt)
+{
+    const ptrdiff_t plane = (ptrdiff_t)g->k * g->tb;
+    float rows[4][WINO_MAX_ROW];
+    for (int k = 0; k < g->k; k++) {
+        float *v = V + (ptrdiff_t)k * g->tb;
+        for (ptrdiff_t t = t0; t < t0 + cnt;) {
+            const wino_run run = wino_run_at(g, t, t0 + cnt);
+            const int b = run.b, ty = run.ty, tx0 = run.tx0, tx1 = run.tx1, j0 = (int)(t - t0);
+            t += tx1 - tx0;
+            const float *src = in + ((ptrdiff_t)b * g->k + k) * g->h * g->w;
+            const int x0 = 2 * tx0 - g->pw, len = 2 * (tx1 - tx0) + 2;
+            for (int y = 0; y < 4; y++) {
+                const int iy = 2 * ty - g->ph + y;
+                float *row = rows[y];
+                if (iy < 0 || iy >= g->h) {
+                    memset(row, 0, (size_t)len * sizeof *row);
+                    continue;
+                }
+                const float *sr = src + (ptrdiff_t)iy * g->w;
+                const int lo = DMCP_MAX(0, -x0), hi = DMCP_MIN(len, g->w - x0);
+                if (lo > 0) memset(row, 0, (size_t)lo * sizeof *row);
+                if (hi > lo) memcpy(row + lo, sr + x0 + lo, (size_t)(hi - lo) * sizeof *row);
+                if (hi < len) memset(row + DMCP_MAX(hi, lo), 0, (size_t)(len - DMCP_MAX(hi, lo)) * sizeof *row);
+            }
+            float *vj = v + j0;
+            const float *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3];
+            #pragma omp simd
+            for (int j = 0; j < tx1 - tx0; j++) {
+                const int x = 2 * j;
+                float t4[4][4];                   /* t = B^T d, column by column */
+                for (int c = 0; c < 4; c++) {
+                    t4[0][c] = r0[x + c] - r2[x + c];
+                    t4[1][c] = r1[x + c] + r2[x + c];
+                    t4[2][c] = r2[x + c] - r1[x + c];
+                    t4[3][c] = r1[x + c] - r3[x + c];
+                }
+                for (int y = 0; y < 4; y++) {     /* V = t B */
+                    vj[(y * 4 + 0) * plane + j] = t4[y][0] - t4[y][2];
+                    vj[(y * 4 + 1) * plane + j] = t4[y][1] + t4[y][2];
+                    vj[(y * 4 + 2) * plane + j] = t4[y][2] - t4[y][1];
+                    vj[(y * 4 + 3) * plane + j] = t4[y][1] - t4[y][3];
+                }
+            }
+        }
+        for (int xi = 0; xi < 16; xi++)
+            memset(v + xi * plane + cnt, 0, (size_t)(g->tb - cnt) * sizeof *v);
+    }
+}
+
+/* out (=|+=) A^T M A [+ bias] for tiles t0 .. t0 + cnt: a row of tiles at a
+ * time into two full output rows on the stack, then copied (added) cropped. */
+static void wino_outputs(float *out, const float *M, const float *bias, const wino_geom *g,
+                         ptrdiff_t t0, int cnt, bool add)
+{
+    const ptrdiff_t plane = (ptrdiff_t)g->rp * g->tb;
+    float rows[2][WINO_MAX_ROW], quad[4][WINO_MAX_ROW / 2];
+    for (int r = 0; r < g->r; r++) {
+        const float *m = M + (ptrdiff_t)r * g->tb;
+        const float bv = bias != NULL ? bias[r] : 0.0f;
+        for (ptrdiff_t t = t0; t < t0 + cnt;) {
+            const wino_run run = wino_run_at(g, t, t0 + cnt);
+            const int b = run.b, ty = run.ty, tx0 = run.tx0, tx1 = run.tx1, j0 = (int)(t - t0);
+            t += tx1 - tx0;
+            const float *mj = m + j0;
+            float *y00 = quad[0], *y01 = quad[1], *y10 = quad[2], *y11 = quad[3];
+            const int nt = tx1 - tx0;
+            #pragma omp simd
+            for (int j = 0; j < nt; j++) {
+                float q[4][4], s2[2][4];
+                for (int xi = 0; xi < 16; xi++)
+                    q[xi / 4][xi % 4] = mj[xi * plane + j];
+                for (int x = 0; x < 4; x++) {     /* s = A^T q */
+                    s2[0][x] = q[0][x] + q[1][x] + q[2][x];
+                    s2[1][x] = q[1][x] - q[2][x] - q[3][x];
+                }
+                y00[j] = s2[0][0] + s2[0][1] + s2[0][2] + bv;
+                y01[j] = s2[0][1] - s2[0][2] - s2[0][3] + bv;
+                y10[j] = s2[1][0] + s2[1][1] + s2[1][2] + bv;
+                y11[j] = s2[1][1] - s2[1][2] - s2[1][3] + bv;
+            }
+            for (int j = 0; j < nt; j++) {        /* interleave the columns */
+                rows[0][2 * j] = y00[j];
+                rows[0][2 * j + 1] = y01[j];
+                rows[1][2 * j] = y10[j];
+                rows[1][2 * j + 1] = y11[j];
+            }
+            float *dst = out + ((ptrdiff_t)b * g->r + r) * g->oh * g->ow;
+            const int ox = 2 * tx0, len = DMCP_MIN(2 * (tx1 - tx0), g->ow - ox);
+            for (int a = 0; a < 2 && 2 * ty + a < g->oh; a++) {
+                float *restrict o = dst + (ptrdiff_t)(2 * ty + a) * g->ow + ox;
+                const float *restrict yr = rows[a];
+                if (add) {
+                    for (int x = 0; x < len; x++) o[x] += yr[x];
+                } else {
+                    memcpy(o, yr, (size_t)len * sizeof *o);
+                }
+            }
+        }
+    }
+}
+
+/* out (=|+=) conv3x3(in) with U from wino_weights; work: one block's V and M per
+ * thread (at most CONV_SLOTS_MAX threads, as wino_scratch counted them). */
+static void wino_conv(float *out, const float *in, const float *U, const float *bias,
+                      const wino_geom *g, bool add, float *work)
+{
+    const ptrdiff_t tiles = (ptrdiff_t)g->n * g->th * g->tw;
+    const ptrdiff_t nblocks = (tiles + g->tb - 1) / g->tb;
+    const ptrdiff_t vf = (ptrdiff_t)16 * g->k * g->tb, mf = (ptrdiff_t)16 * g->rp * g->tb;
+    const int nth = (int)DMCP_MIN(nblocks, (ptrdiff_t)DMCP_MIN(omp_get_max_threads(), CONV_SLOTS_MAX));
+    #pragma omp parallel num_threads(nth)
+    {
+        const int me = omp_get_thread_num();
+        float *V = work + (ptrdiff_t)me * (vf + mf), *M = V + vf;
+        int aoff[CONV_MR], boff[CONV_TILED_MAX_K];
+        linear_offsets(aoff, CONV_MR, g->k);
+        linear_offsets(boff, g->k, g->tb);
+        #pragma omp for schedule(dynamic, 1)
+        for (ptrdiff_t blk = 0; blk < nblocks; blk++) {
+            const ptrdiff_t t0 = blk * g->tb;
+            const int cnt = (int)DMCP_MIN((ptrdiff_t)g->tb, tiles - t0);
+            wino_inputs(V, in, g, t0, cnt);
+            const int cols = (int)round_up(cnt, CONV_NR);
+            for (int xi = 0; xi < 16; xi++) {
+                const float *u = U + (ptrdiff_t)xi * g->rp * g->k;
+                const float *v = V + (ptrdiff_t)xi * g->k * g->tb;
+                float *m = M + (ptrdiff_t)xi * g->rp * g->tb;
+                for (int i0 = 0; i0 < g->rp; i0 += CONV_MR)
+                    for (int jp = 0; jp < cols; jp += CONV_NR)
+                        conv_kernel(g->k, u + (ptrdiff_t)i0 * g->k, aoff, v + jp, boff,
+                                    m + (ptrdiff_t)i0 * g->tb + jp, g->tb, false);
+            }
+            wino_outputs(out, M, bias, g, t0, cnt, add);
+        }
+    }
+}
+
+static wino_geom wino_geom_of(int n, int k, int h, int w, int r, int oh, int ow, int ph, int pw)
+{
+    wino_geom g = {n, k, h, w, r, (int)round_up(r, CONV_MR), oh, ow, ph, pw,
+                   (oh + 1) / 2, (ow + 1) / 2, wino_block(k, r)};
+    return g;
+}
+
+static void wino_forward(float *out, const float *inp, const float *weight, const float *bias,
+                         const conv_shape *s, float *scratch)
+{
+    const wino_geom g = wino_geom_of(s->n, s->c, s->h, s->w, s->oc, s->oh, s->ow, s->ph, s->pw);
+    wino_weights(scratch, weight, s->w_cin_full * 9, g.r, g.rp, g.k, false);
+    wino_conv(out, inp, scratch, bias, &g, false, scratch + (ptrdiff_t)16 * g.rp * g.k);
+}
+
+/* dinp (N, c, H, W) += conv3x3(dout, flipped W^T), padding 2 - p. */
+static void wino_backward_data(float *dinp, const float *dout, const float *weight,
+                               const conv_shape *s, float *scratch)
+{
+    const wino_geom g = wino_geom_of(s->n, s->oc, s->oh, s->ow, s->c, s->h, s->w, 2 - s->ph,
+                                     2 - s->pw);
+    wino_weights(scratch, weight, s->w_cin_full * 9, g.r, g.rp, g.k, true);
+    wino_conv(dinp, dout, scratch, NULL, &g, true, scratch + (ptrdiff_t)16 * g.rp * g.k);
+}
+
+/* ---- Winograd backward-weight ----
+ *
+ * The adjoint of the forward: dU[xi] (R, K) = sum over tiles of dM[xi] (R, tiles)
+ * @ V[xi]^T, dM = A dy A^T the 4x4 adjoint of a 2x2 output-gradient tile, V
+ * the forward's input transform; then dW += G^T dU G per (r, k).  Blocks of
+ * tiles go to WINO_DW_SLOTS fixed slots (block b to slot b % slots), each
+ * slot sums its own dU over its blocks in order, and the slots are summed in
+ * slot order: no result depends on the thread count.  Slot sums take
+ * 16 R K floats each, so only layers with R K <= WINO_DW_MAX use this, and
+ * only with at least WINO_DW_MIN_CH channels each way. */
+
+#define WINO_DW_SLOTS 8
+#define WINO_DW_MAX (256 * 256)
+/* Below this many channels either way the tiled path's direct sums win
+ * (ResNet-20's 16- and 32-channel layers: 0.8x of it). */
+#ifndef WINO_DW_MIN_CH
+#define WINO_DW_MIN_CH 64
+#endif
+
+static bool conv_is_wino_dw(const conv_shape *s)
+{
+    return conv_is_wino(s) && s->c >= WINO_DW_MIN_CH && s->oc >= WINO_DW_MIN_CH &&
+           (ptrdiff_t)s->oc * s->c <= WINO_DW_MAX;
+}
+
+/* Floats of the backward-weight scratch: slot sums, then per thread V, V^T, dM. */
+static ptrdiff_t wino_dw_floats(const wino_geom *g, int slots, int threads)
+{
+    const ptrdiff_t kp = round_up(g->k, CONV_NR);
+    return (ptrdiff_t)slots * 16 * g->rp * kp +
+           (ptrdiff_t)threads * 16 * g->tb * (g->k + kp + g->rp);
+}
+
+/* dM[xi][r][j] <- A dy A^T of the 2x2 output-gradient tile t0 + j of output r
+ * (cells past the output's edge are 0), j < cnt. */
+static void wino_dout_tiles(float *dM, const float *dout, const wino_geom *g, ptrdiff_t t0, int cnt)
+{
+    const ptrdiff_t plane = (ptrdiff_t)g->rp * g->tb;
+    for (int r = 0; r < g->r; r++) {
+        float *m = dM + (ptrdiff_t)r * g->tb;
+        for (ptrdiff_t t = t0; t < t0 + cnt;) {
+            const wino_run run = wino_run_at(g, t, t0 + cnt);
+            const int j0 = (int)(t - t0), nt = run.tx1 - run.tx0;
+            t += nt;
+            const float *src = dout + ((ptrdiff_t)run.b * g->r + r) * g->oh * g->ow;
+            const int oy = 2 * run.ty, ox0 = 2 * run.tx0;
+            float rows[2][WINO_MAX_ROW];
+            for (int a = 0; a < 2; a++) {
+                const int len = 2 * nt, valid = oy + a < g->oh ? DMCP_MIN(len, g->ow - ox0) : 0;
+                if (valid > 0)
+                    memcpy(rows[a], src + (ptrdiff_t)(oy + a) * g->ow + ox0, (size_t)valid * sizeof(float));
+                if (valid < len)
+                    memset(rows[a] + DMCP_MAX(valid, 0), 0, (size_t)(len - DMCP_MAX(valid, 0)) * sizeof(float));
+            }
+            float *mj = m + j0;
+            const float *r0 = rows[0], *r1 = rows[1];
+            #pragma omp simd
+            for (int j = 0; j < nt; j++) {
+                const float a00 = r0[2 * j], a01 = r0[2 * j + 1], a10 = r1[2 * j], a11 = r1[2 * j + 1];
+                /* t = A dy (4x2), then q = t A^T: row (u, v) -> (u, u+v, u-v, -v) */
+                const float t4[4][2] = {{a00, a01}, {a00 + a10, a01 + a11},
+                                        {a00 - a10, a01 - a11}, {-a10, -a11}};
+                for (int y = 0; y < 4; y++) {
+                    mj[(y * 4 + 0) * plane + j] = t4[y][0];
+                    mj[(y * 4 + 1) * plane + j] = t4[y][0] + t4[y][1];
+                    mj[(y * 4 + 2) * plane + j] = t4[y][0] - t4[y][1];
+                    mj[(y * 4 + 3) * plane + j] = -t4[y][1];
+                }
+            }
+        }
+    }
+}
+
+static ptrdiff_t wino_dw_scratch(const conv_shape *s, int threads)
+{
+    if (!conv_is_wino_dw(s))
+        return 0;
+    const wino_geom g = wino_geom_of(s->n, s->c, s->h, s->w, s->oc, s->oh, s->ow, s->ph, s->pw);
+    const ptrdiff_t tiles = (ptrdiff_t)g.n * g.th * g.tw;
+    const int slots = (int)DMCP_MIN((tiles + g.tb - 1) / g.tb, (ptrdiff_t)WINO_DW_SLOTS);
+    return wino_dw_floats(&g, slots, DMCP_MIN(slots, threads));
+}
+
+static void wino_backward_weight(float *dweight, const float *dout, const float *inp,
+                                 const conv_shape *s, float *scratch)
+{
+    const wino_geom g = wino_geom_of(s->n, s->c, s->h, s->w, s->oc, s->oh, s->ow, s->ph, s->pw);
+    const ptrdiff_t kp = round_up(g.k, CONV_NR), dusz = (ptrdiff_t)16 * g.rp * kp;
+    const ptrdiff_t tiles = (ptrdiff_t)g.n * g.th * g.tw;
+    const int nblocks = (int)((tiles + g.tb - 1) / g.tb);
+    const int slots = DMCP_MIN(nblocks, WINO_DW_SLOTS);
+    const int nth = DMCP_MIN(slots, DMCP_MIN(omp_get_max_threads(), CONV_SLOTS_MAX));
+    const ptrdiff_t per_thread = (ptrdiff_t)16 * g.tb * (g.k + kp + g.rp);
+    float *dU = scratch, *bufs = scratch + slots * dusz;
+    #pragma omp parallel num_threads(nth)
+    {
+        const int me = omp_get_thread_num();
+        float *V = bufs + me * per_thread, *Vt = V + (ptrdiff_t)16 * g.k * g.tb;
+        float *dM = Vt + (ptrdiff_t)16 * g.tb * kp;
+        /* never written below: V^T's columns past K and dM's rows past R */
+        memset(Vt, 0, (size_t)(16 * g.tb * kp + 16 * g.rp * g.tb) * sizeof(float));
+        int aoff[CONV_MR], boff[WINO_MAX_ROW];
+        linear_offsets(aoff, CONV_MR, g.tb);
+        linear_offsets(boff, g.tb, (int)kp);
+        #pragma omp for schedule(dynamic, 1)
+        for (int slot = 0; slot < slots; slot++) {
+            float *du = dU + slot * dusz;
+            memset(du, 0, (size_t)dusz * sizeof *du);
+            for (int blk = slot; blk < nblocks; blk += slots) {
+                const ptrdiff_t t0 = (ptrdiff_t)blk * g.tb;
+                const int cnt = (int)DMCP_MIN((ptrdiff_t)g.tb, tiles - t0);
+                wino_inputs(V, inp, &g, t0, cnt);
+                for (int xi = 0; xi < 16; xi++)          /* V[xi] (K, tb) -> V^T (tb, kp) */
+                    for (int k = 0; k < g.k; k++) {
+                        const float *v = V + ((ptrdiff_t)xi * g.k + k) * g.tb;
+                        float *vt = Vt + (ptrdiff_t)xi * g.tb * kp + k;
+                        for (int j = 0; j < cnt; j++)
+                            vt[(ptrdiff_t)j * kp] = v[j];
+                    }
+                wino_dout_tiles(dM, dout, &g, t0, cnt);
+                for (int xi = 0; xi < 16; xi++) {
+                    const float *a = dM + (ptrdiff_t)xi * g.rp * g.tb;
+                    const float *b = Vt + (ptrdiff_t)xi * g.tb * kp;
+                    float *c = du + (ptrdiff_t)xi * g.rp * kp;
+                    for (int i0 = 0; i0 < g.rp; i0 += CONV_MR)
+                        for (int op = 0; op < kp; op += CONV_NR)
+                            conv_kernel(cnt, a + (ptrdiff_t)i0 * g.tb, aoff, b + op, boff,
+                                        c + (ptrdiff_t)i0 * kp + op, kp, true);
+                }
+            }
+        }
+    }
+    /* dW[r][k] += G^T (sum over slots, in order, of dU) G */
+    const int ldw = s->w_cin_full * 9;
+    #pragma omp parallel for schedule(static) if ((ptrdiff_t)g.r * g.k * 16 * slots > CONV_PAR_MIN)
+    for (int r = 0; r < g.r; r++) {
+        for (int k = 0; k < g.k; k++) {
+            float u[4][4];
+            for (int xi = 0; xi < 16; xi++) {
+                float acc = 0.0f;
+                for (int slot = 0; slot < slots; slot++)
+                    acc += dU[slot * dusz + ((ptrdiff_t)xi * g.rp + r) * kp + k];
+                u[xi / 4][xi % 4] = acc;
+            }
+            float t3[3][4];
+            for (int x = 0; x < 4; x++) {             /* t = G^T u */
+                t3[0][x] = u[0][x] + 0.5f * (u[1][x] + u[2][x]);
+                t3[1][x] = 0.5f * (u[1][x] - u[2][x]);
+                t3[2][x] = 0.5f * (u[1][x] + u[2][x]) + u[3][x];
+            }
+            float *dw = dweight + (ptrdiff_t)r * ldw + k * 9;
+            for (int y = 0; y < 3; y++) {             /* dg = t G */
+                dw[y * 3 + 0] += t3[y][0] + 0.5f * (t3[y][1] + t3[y][2]);
+                dw[y * 3 + 1] += 0.5f * (t3[y][1] - t3[y][2]);
+                dw[y * 3 + 2] += 0.5f * (t3[y][1] + t3[y][2]) + t3[y][3];
+            }
+        }
+    }
+}
