@@ -207,6 +207,22 @@ def embedded_subnet(path):
                         f"({type(e).__name__}: {e})") from None
 
 
+def trained_epochs(path):
+    """The epochs a training checkpoint (.npz with a 'meta' entry) had completed,
+    or None when it says nothing usable (a .pth, an export, a damaged meta)."""
+    if not str(path).endswith(".npz") or not os.path.isfile(path):
+        return None
+    try:
+        with _load_npz(path) as z:
+            if "meta" not in z.files:
+                return None
+            meta = json.loads(np.asarray(z["meta"]).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) + _NPZ_ERRORS:
+        return None
+    epoch = meta.get("epoch") if isinstance(meta, dict) else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > 0 else None
+
+
 def _torchvision_mbv2_names(model):
     """torchvision MobileNetV2 prefix -> mmcls prefix, from the model's blocks."""
     mapping = {"features.0.0": "backbone.conv1.conv", "features.0.1": "backbone.conv1.bn"}

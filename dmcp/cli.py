@@ -153,6 +153,10 @@ def test_main(argv):
     p.add_argument("--work-dir")
     p.add_argument("--cfg-options", nargs="+", default=[])
     p.add_argument("--launcher", choices=["none", "mpi", "slurm"], default="none")
+    p.add_argument("--width", choices=["max", "min"], default="max",
+                   help="a DMCP supernet checkpoint: the width to evaluate (max)")
+    p.add_argument("--subnet", help="a DMCP supernet checkpoint: evaluate this fix-subnet JSON")
+    p.add_argument("--out", help="also write the metrics to this JSON file")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
     if cfg.get("test_dataloader"):
@@ -168,15 +172,46 @@ def test_main(argv):
             raise UserError(f"checkpoint '{args.checkpoint}' does not exist")
         from .checkpoint import read_checkpoint
         runner.model.load_state_dict(read_checkpoint(args.checkpoint))
-        if runner.is_dmcp:
-            runner.model.mutator.set_widths("max")
+        evaluated = _test_width(runner, args)
         r = runner.evaluate(progress="test")
     except BaseException as e:
         from . import dist
         dist.abort_on_error(e)
         raise
-    runner.log.info("Test: " + "  ".join(f"{k}: {v:.2f}" for k, v in r.items()))
+    runner.log.info(f"Test ({evaluated}): " + "  ".join(f"{k}: {v:.2f}" for k, v in r.items()))
+    runner.log.scalar(dict(mode="test", checkpoint=os.path.abspath(args.checkpoint),
+                           evaluated=evaluated, **r))
+    if args.out and runner.is_main:
+        from .export import write_atomic
+        record = dict(config=os.path.abspath(args.config),
+                      checkpoint=os.path.abspath(args.checkpoint), evaluated=evaluated, metrics=r)
+        write_atomic(args.out, (json.dumps(record, indent=2) + "\n").encode())
     return 0
+
+
+def _test_width(runner, args):
+    """A DMCP supernet is evaluated as validation does: at a width (max, min or
+    --subnet) with BN statistics recalibrated on a few training batches.  Returns
+    what was evaluated, in words."""
+    if not runner.is_dmcp:
+        if args.subnet or args.width != "max":
+            raise UserError("--width and --subnet apply to a DMCP supernet checkpoint; "
+                            "this config's model is not one")
+        return "the config's network"
+    mut = runner.model.mutator
+    if args.subnet:
+        from .units import apply_subnet
+        apply_subnet(mut, args.subnet)
+        what = f"supernet at {args.subnet}"
+    else:
+        mut.set_widths(args.width)
+        what = f"supernet at {args.width} width"
+    from .checkpoint import trained_epochs
+    epochs = trained_epochs(args.checkpoint)
+    if epochs:       # the batches the validation after that epoch recalibrated on
+        runner.train_loader.set_epoch(epochs - 1)
+    runner.recalibrate_bn()
+    return f"{what}, BN recalibrated on 5 training batches as validation does"
 
 
 # ---------------------------------------------------------------- tools/pipeline.py

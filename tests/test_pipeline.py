@@ -157,6 +157,36 @@ def test_flops_are_counted_at_one_size():
                  "model.mutator_cfg.parse_cfg.demo_input=(1,1,32,32)"], "disagrees")
 
 
+def test_test_tool_on_a_supernet_checkpoint(searched, tmp_path):
+    """tools/test.py on a supernet checkpoint evaluates as validation does (BN
+    recalibrated at the width), says which width, takes --width/--subnet, and
+    writes --out and the work dir's scalars.json."""
+    wd, _ = searched
+    ckpt = os.path.join(wd, "epoch_2.npz")
+    last = [rec for rec in (json.loads(line) for line in
+                            open(os.path.join(wd, "vis_data", "scalars.json")))
+            if "max/accuracy/top1" in rec][-1]
+    out = str(tmp_path / "metrics.json")
+    twd = str(tmp_path / "t")
+    opts = SHORT + ["test_dataloader.dataset.indices=128", "test_dataloader.batch_size=64"]
+    r = tool("tools/test.py", SUPERNET, ckpt, "--work-dir", twd, "--out", out,
+             "--cfg-options", *opts)
+    assert "supernet at max width, BN recalibrated" in r.stdout, r.stdout[-2000:]
+    got = json.load(open(out))
+    assert got["evaluated"].startswith("supernet at max width")
+    # the same images and the same recalibration batches as the last validation
+    assert abs(got["metrics"]["accuracy/top1"] - last["max/accuracy/top1"]) < 1e-6, (got, last)
+    recs = [json.loads(line) for line in open(os.path.join(twd, "vis_data", "scalars.json"))]
+    assert recs[-1]["mode"] == "test" and recs[-1]["accuracy/top1"] == got["metrics"]["accuracy/top1"]
+    r = tool("tools/test.py", SUPERNET, ckpt, "--work-dir", twd, "--width", "min", "--out", out,
+             "--cfg-options", *opts)
+    assert abs(json.load(open(out))["metrics"]["accuracy/top1"] - last["min/accuracy/top1"]) < 1e-6
+    fix = os.path.join(wd, "model_sample", "expected_ch.json")
+    r = tool("tools/test.py", SUPERNET, ckpt, "--work-dir", twd, "--subnet", fix,
+             "--cfg-options", *opts)
+    assert f"supernet at {fix}" in r.stdout
+
+
 def test_subnet_retrain_and_test(searched, tmp_path):
     wd, _ = searched
     fix = os.path.join(wd, "model_sample", "expected_ch.json")
