@@ -93,7 +93,7 @@ dmcp_status conv2d_forward(float *out, const float *inp, const float *weight,
     conv_tiling t;
     if (conv_is_dw_direct(s))
         dw_forward(out, inp, weight, bias, s, scratch);
-    else if (conv_is_wino(s))
+    else if (conv_use_wino(s, 0))
         wino_forward(out, inp, weight, bias, s, scratch);
     else if (conv_tiling_of(s, &t))
         conv_tiled_forward(out, inp, weight, bias, s, &t, scratch);
@@ -137,13 +137,13 @@ dmcp_status conv2d_backward(float *dinp, float *dweight, float *dbias,
     }
     if (dinp == NULL && dweight == NULL)
         return DMCP_OK;
-    if (dinp != NULL && conv_is_wino(s)) {
+    if (dinp != NULL && conv_use_wino(s, 1)) {
         wino_backward_data(dinp, dout, weight, s, scratch);
         dinp = NULL;
         if (dweight == NULL)
             return DMCP_OK;
     }
-    if (dweight != NULL && conv_is_wino_dw(s)) {
+    if (dweight != NULL && conv_use_wino(s, 2)) {
         wino_backward_weight(dweight, dout, inp, s, scratch);
         return DMCP_OK;
     }

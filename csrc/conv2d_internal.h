@@ -3,7 +3,7 @@
  * conv2d_winograd.c as one translation unit per ISA variant, so the functions
  * declared here stay static.
  *
- * Paths, picked from the shape alone (never from the thread count):
+ * Paths, picked from the shape and the ISA variant (never from the thread count):
  *   tiled (conv2d_tiled.c; dense and grouped, kernel larger than 1x1,
  *     per-group weights of at most CONV_TILED_MAX_W floats, batch >= 2): one
  *     OpenMP region over fixed batch slots; each slot copies an image into
@@ -21,7 +21,9 @@
  *     the weights).
  *   Winograd F(2x2, 3x3) (conv2d_winograd.c; 3x3, stride 1, dilation 1,
  *     groups 1, at least WINO_MIN_CH channels each way): forward, backward-data
- *     and (more channels) backward-weight, ahead of the tiled path.
+ *     and (more channels) backward-weight, ahead of the tiled path; in the
+ *     AVX-512 variant only forward passes of 64+ channels on 14x14+ planes
+ *     (conv_use_wino).
  *   _naive (conv2d.c): direct loops with double accumulators, the reference
  *     for tests.
  *
@@ -46,7 +48,11 @@
 
 /* Micro-kernel tiles (conv2d_tiled.c; the depthwise and Winograd paths use them too). */
 #define CONV_MR 6              /* micro-tile rows */
+#ifdef __AVX512F__
+#define CONV_NR 32             /* micro-tile columns (two 16-float vectors) */
+#else
 #define CONV_NR 16             /* micro-tile columns (two 8-float vectors) */
+#endif
 #define CONV_SLOTS_MAX 64      /* most threads that get their own Winograd block buffers */
 #define CONV_TILED_MAX_K 2048  /* longest micro-kernel reduction (offset tables live on the stack) */
 
@@ -125,6 +131,7 @@ static void dw_backward(float *dinp, float *dweight, const float *dout,
 /* conv2d_winograd.c */
 static bool conv_is_wino(const conv_shape *s);
 static bool conv_is_wino_dw(const conv_shape *s);
+static bool conv_use_wino(const conv_shape *s, int pass);
 static size_t wino_scratch(const conv_shape *s);
 static void wino_forward(float *out, const float *inp, const float *weight, const float *bias,
                          const conv_shape *s, float *scratch);

@@ -116,9 +116,13 @@ static ptrdiff_t conv_tiled_scratch(const conv_shape *s, bool *tiled, bool *data
 }
 
 /* One vector register of floats (alignment 4, so any float pointer will do):
- * 8 with AVX, 4 otherwise (a 32-byte vector type on SSE is split through
- * memory, 14x slower); CONV_NR/CONV_VW of them span a micro-tile row. */
-#ifdef __AVX__
+ * 16 with AVX-512, 8 with AVX, 4 otherwise (a 32-byte vector type on SSE is
+ * split through memory, 14x slower); CONV_NR/CONV_VW of them span a
+ * micro-tile row.  (The AVX-512 variant ran 8-wide until 2026-12-05: half its
+ * registers' width, and ResNet-20's step at 0.65x PyTorch.) */
+#ifdef __AVX512F__
+#define CONV_VW 16
+#elif defined(__AVX__)
 #define CONV_VW 8
 #else
 #define CONV_VW 4

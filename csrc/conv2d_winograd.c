@@ -35,6 +35,24 @@ static bool conv_is_wino(const conv_shape *s)
            s->w + 6 <= WINO_MAX_ROW && s->ow + 6 <= WINO_MAX_ROW;
 }
 
+/* Whether a Winograd pass (0 forward, 1 backward-data, 2 backward-weight)
+ * runs ahead of the tiled path for this shape.  Built for AVX-512, the tiled
+ * micro-kernel (CONV_MR x 32 floats in twelve 16-float registers) beats the
+ * transforms in every backward pass and in forward passes with fewer than 64
+ * channels each way or planes under 14x14 (ResNet-20 and ResNet-50 shapes,
+ * benchmarks/RESULTS.md); Winograd stays where the tiled path cannot go. */
+static bool conv_use_wino(const conv_shape *s, int pass)
+{
+    if (!(pass == 2 ? conv_is_wino_dw(s) : conv_is_wino(s)))
+        return false;
+#ifdef __AVX512F__
+    conv_tiling t;
+    if (conv_tiling_of(s, &t) && (pass != 1 || t.data))
+        return pass == 0 && s->c >= 64 && s->oc >= 64 && (long long)s->oh * s->ow >= 196;
+#endif
+    return true;
+}
+
 /* Tiles per block for K inputs and R outputs. */
 static int wino_block(int k, int r)
 {

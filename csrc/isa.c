@@ -57,6 +57,7 @@ int dmcp_isa_select(int isa)
     static __typeof__(f) *const f##_variants[DMCP_ISA_COUNT] = {f##_base, f##_base, f##_base}
 #endif
 
+VARIANTS(conv2d_scratch_floats);
 VARIANTS(conv2d_forward);
 VARIANTS(conv2d_backward);
 VARIANTS(batchnorm_forward_train);
@@ -70,15 +71,15 @@ VARIANTS(add_backward);
 VARIANTS(dropout_forward);
 VARIANTS(dropout_backward);
 
-/* Shape helpers and the naive references do not depend on the ISA: base. */
+/* The shape check and the naive references do not depend on the ISA: base. */
 extern __typeof__(conv2d_shape_finish) conv2d_shape_finish_base;
-extern __typeof__(conv2d_scratch_floats) conv2d_scratch_floats_base;
 extern __typeof__(conv2d_forward_naive) conv2d_forward_naive_base;
 extern __typeof__(conv2d_backward_naive) conv2d_backward_naive_base;
 
 dmcp_status conv2d_shape_finish(conv_shape *s) { return conv2d_shape_finish_base(s); }
 
-size_t conv2d_scratch_floats(const conv_shape *s) { return conv2d_scratch_floats_base(s); }
+/* The scratch a variant needs depends on its micro-tile (wider with AVX-512). */
+size_t conv2d_scratch_floats(const conv_shape *s) { return conv2d_scratch_floats_variants[dmcp_isa](s); }
 
 dmcp_status conv2d_forward_naive(float *out, const float *inp, const float *weight,
                                  const float *bias, const conv_shape *s)
