@@ -132,8 +132,15 @@ def train_main(argv):
     p.add_argument("--cfg-options", nargs="+", default=[])
     p.add_argument("--resume", nargs="?", const="auto", default=None)
     p.add_argument("--launcher", choices=["none", "mpi", "slurm"], default="none")
+    p.add_argument("--auto-scale-lr", action="store_true",
+                   help="scale learning rates by (ranks x batch size) / auto_scale_lr.base_batch_size")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
+    if args.auto_scale_lr:
+        if not isinstance(cfg.get("auto_scale_lr"), dict) or "base_batch_size" not in cfg["auto_scale_lr"]:
+            raise UserError(f"--auto-scale-lr: {args.config} has no auto_scale_lr = "
+                            f"dict(base_batch_size=N) to scale from")
+        cfg["auto_scale_lr"]["enable"] = True
     try:
         runner = Runner(cfg, work_dir=args.work_dir, resume=args.resume, launcher=args.launcher)
         runner.train()

@@ -226,6 +226,9 @@ class Runner:
         groups = param_groups(self.net, cfg_number(opt_cfg.get("weight_decay", 0.0), "optimizer.weight_decay",
                                                    float, 0.0), wcfg.get("paramwise_cfg"))
         self.base_lr = cfg_number(opt_cfg.get("lr", 0.1), "optimizer.lr", float, 0.0)
+        scale = self._lr_scale()
+        self.base_lr *= scale
+        opt_cfg["lr"] = self.base_lr
         self.optimizer = build_optimizer(opt_cfg, groups, "optim_wrapper.optimizer")
         self.names = {id(p): n for n, p in self.net.named_parameters()}
         self.arch_optimizer = None
@@ -234,8 +237,33 @@ class Runner:
             arch_params = self.model.mutator.arch_parameters()
             self.arch_optimizer = build_optimizer(mcfg["optimizer"], arch_params,
                                                   "optim_wrapper.mutator.optimizer")
+            for g in self.arch_optimizer.param_groups:
+                g["lr"] *= scale
             for u in self.model.mutator.units:
                 self.names[id(u.alpha)] = f"mutator.{u.name}.alpha"
+
+    def _lr_scale(self):
+        """mmengine's ``auto_scale_lr = dict(base_batch_size=N, enable=True)``: every
+        optimizer's learning rate times (ranks x train batch size) / N; 1 when off."""
+        acfg = self.cfg.get("auto_scale_lr")
+        if acfg is None:
+            return 1.0
+        if not isinstance(acfg, dict):
+            raise UserError(f"auto_scale_lr={acfg!r}: expected dict(base_batch_size=N, enable=...)")
+        check_keys("auto_scale_lr", acfg, ("base_batch_size", "enable"))
+        enable = acfg.get("enable", False)
+        if not isinstance(enable, bool):
+            raise UserError(f"auto_scale_lr.enable={enable!r}: must be True or False")
+        if not enable:
+            return 1.0
+        if "base_batch_size" not in acfg:
+            raise UserError("auto_scale_lr: 'base_batch_size' is required when enabled")
+        base = cfg_number(acfg["base_batch_size"], "auto_scale_lr.base_batch_size", int, 1)
+        total = self.world * self.train_loader.batch_size
+        scale = total / base
+        self.log.info(f"auto_scale_lr: learning rates x{scale:g} ({self.world} rank(s) x batch "
+                      f"{self.train_loader.batch_size} = {total}, base_batch_size {base})")
+        return scale
 
     # ------------------------------------------------------------ checkpoints
     def save_checkpoint(self, name):

@@ -303,3 +303,27 @@ def test_python_api_matches_interfaces():
     assert gx.shape == x.shape
     assert all(p.grad.shape == p.data.shape for _, p in model.named_parameters())
     assert dmcp.count_flops(model, (1, 28, 28))["flops"] == 31021952
+
+
+def test_auto_scale_lr(tmp_path):
+    """mmengine's auto_scale_lr: off by default; enabled, both optimizers' rates scale by
+    (ranks x batch) / base_batch_size; train.py --auto-scale-lr needs base_batch_size."""
+    from dmcp.cli import load_config
+    from dmcp.runner import Runner
+    opts = ["train_dataloader.dataset.indices=128", "train_dataloader.batch_size=32",
+            "val_dataloader.dataset.indices=64"]
+    plain = Runner(load_config(SUPERNET, opts), work_dir=str(tmp_path / "a"))
+    scaled = Runner(load_config(SUPERNET, opts + ["auto_scale_lr.base_batch_size=128",
+                                                  "auto_scale_lr.enable=True"]),
+                    work_dir=str(tmp_path / "b"))
+    assert scaled.base_lr == pytest.approx(plain.base_lr * 32 / 128)
+    assert scaled.arch_optimizer.param_groups[0]["lr"] == \
+        pytest.approx(plain.arch_optimizer.param_groups[0]["lr"] * 32 / 128)
+    scaled._set_lr()
+    assert scaled.optimizer.param_groups[0]["lr"] == pytest.approx(plain.schedule.lr(0) / 4)
+    _user_error(["tools/train.py", SUPERNET, "--auto-scale-lr", "--work-dir", str(tmp_path / "c")],
+                "has no auto_scale_lr = dict(base_batch_size=N)")
+    _user_error(["tools/train.py", SUPERNET, "--work-dir", str(tmp_path / "d"), "--cfg-options",
+                 "auto_scale_lr.enable=True"], "'base_batch_size' is required")
+    _user_error(["tools/train.py", SUPERNET, "--work-dir", str(tmp_path / "e"), "--cfg-options",
+                 "auto_scale_lr.base_batch_sise=64"], "base_batch_sise")

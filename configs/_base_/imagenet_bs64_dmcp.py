@@ -62,3 +62,7 @@ val_cfg = dict()
 test_cfg = dict()
 
 custom_hooks = [dict(type='DMCPSubnetHook', subnet_sample_num=10)]
+
+# the learning rates above are for 32 ranks x 64 images; train.py --auto-scale-lr
+# scales them to (ranks x batch size) / 2048
+auto_scale_lr = dict(base_batch_size=2048, enable=False)
