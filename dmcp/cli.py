@@ -173,10 +173,10 @@ def test_main(argv):
     own = embedded_subnet(args.checkpoint)
     if own is not None and pruned_subnet(cfg["model"]) is not None:
         cfg["model"]["fix_subnet"] = own        # an exported slim checkpoint carries its structure
+    if not os.path.exists(args.checkpoint):
+        raise UserError(f"checkpoint '{args.checkpoint}' does not exist")
     try:
         runner = Runner(cfg, work_dir=args.work_dir, resume=False, launcher=args.launcher)
-        if not os.path.exists(args.checkpoint):
-            raise UserError(f"checkpoint '{args.checkpoint}' does not exist")
         from .checkpoint import read_checkpoint
         runner.model.load_state_dict(read_checkpoint(args.checkpoint))
         evaluated = _test_width(runner, args)

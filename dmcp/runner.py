@@ -28,12 +28,17 @@ class Logger:
         self.enabled = enabled
         self.tty = sys.stdout.isatty()
         self.stamp = time.strftime("%Y%m%d_%H%M%S")
-        self.file = self.scalars = None
-        if enabled:
-            os.makedirs(os.path.join(work_dir, "vis_data"), exist_ok=True)
-            self.file = open(os.path.join(work_dir, f"{self.stamp}.log"), "a")
-            self.scalars = open(os.path.join(work_dir, "vis_data", "scalars.json"), "a")
+        self.work_dir = work_dir
+        self.file = self.scalars = None      # opened at the first line / record
         self._bar = False
+
+    def _open(self, which):
+        if which == "log":
+            os.makedirs(self.work_dir, exist_ok=True)
+            self.file = open(os.path.join(self.work_dir, f"{self.stamp}.log"), "a")
+        else:
+            os.makedirs(os.path.join(self.work_dir, "vis_data"), exist_ok=True)
+            self.scalars = open(os.path.join(self.work_dir, "vis_data", "scalars.json"), "a")
 
     def info(self, msg, level="INFO"):
         if not self.enabled:
@@ -43,6 +48,8 @@ class Logger:
             sys.stdout.write("\r\033[K")
             self._bar = False
         print(line, flush=True)
+        if self.file is None:
+            self._open("log")
         self.file.write(line + "\n")
         self.file.flush()
 
@@ -62,6 +69,8 @@ class Logger:
 
     def scalar(self, record):
         if self.enabled:
+            if self.scalars is None:
+                self._open("scalars")
             self.scalars.write(json.dumps(record) + "\n")
             self.scalars.flush()
 
@@ -75,9 +84,20 @@ class Logger:
         self._bar = True
 
     def close(self):
-        if self.file:
-            self.file.close()
-            self.scalars.close()
+        for f in (self.file, self.scalars):
+            if f is not None:
+                f.close()
+        self.file = self.scalars = None
+
+
+def _remove_empty_dirs(path):
+    """Remove `path` and its subfolders if no file is left in them."""
+    for root, dirs, files in os.walk(path, topdown=False):
+        if not files and not os.listdir(root):
+            try:
+                os.rmdir(root)
+            except OSError:
+                pass
 
 
 def _fmt_eta(seconds):
@@ -124,10 +144,20 @@ class Runner:
         self.dist = dist.init(launcher)
         self.rank, self.world = self.dist.rank, self.dist.world_size
         self.is_main = self.rank == 0
+        created = self.is_main and not os.path.isdir(self.work_dir)
         if self.is_main:
             os.makedirs(self.work_dir, exist_ok=True)
         self.dist.barrier()
         self.log = Logger(self.work_dir, self.is_main)
+        try:
+            self._setup(cfg, resume, stem)
+        except BaseException:
+            if created:          # a run that could not start leaves no empty work dir behind
+                self.log.close()
+                _remove_empty_dirs(self.work_dir)
+            raise
+
+    def _setup(self, cfg, resume, stem):
         self.seed = config_seed(cfg)
         self.model = build_algorithm_model(cfg["model"], seed=self.seed)
         self.is_dmcp = isinstance(self.model, DMCP)

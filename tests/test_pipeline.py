@@ -327,3 +327,16 @@ def test_auto_scale_lr(tmp_path):
                  "auto_scale_lr.enable=True"], "'base_batch_size' is required")
     _user_error(["tools/train.py", SUPERNET, "--work-dir", str(tmp_path / "e"), "--cfg-options",
                  "auto_scale_lr.base_batch_sise=64"], "base_batch_sise")
+
+
+def test_a_run_that_cannot_start_leaves_no_work_dir(tmp_path):
+    wd = tmp_path / "never"
+    _user_error(["tools/train.py", SUPERNET, "--work-dir", str(wd), "--cfg-options",
+                 "model.target_flops=99999"], "nothing to prune")
+    assert not wd.exists()
+    # an existing work dir keeps what it had, and gets no empty log
+    wd.mkdir()
+    (wd / "keep.txt").write_text("x")
+    _user_error(["tools/train.py", SUPERNET, "--work-dir", str(wd), "--cfg-options",
+                 "model.target_flops=99999"], "nothing to prune")
+    assert sorted(os.listdir(wd)) == ["keep.txt"]
