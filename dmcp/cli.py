@@ -185,7 +185,8 @@ def test_main(argv):
         from . import dist
         dist.abort_on_error(e)
         raise
-    runner.log.info(f"Test ({evaluated}): " + "  ".join(f"{k}: {v:.2f}" for k, v in r.items()))
+    runner.log.info(f"Tested {evaluated}")
+    runner.log.info("Test: " + "  ".join(f"{k}: {v:.2f}" for k, v in r.items()))
     runner.log.scalar(dict(mode="test", checkpoint=os.path.abspath(args.checkpoint),
                            evaluated=evaluated, **r))
     if args.out and runner.is_main:
