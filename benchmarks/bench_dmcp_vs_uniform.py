@@ -17,15 +17,17 @@ For each budget b (a fraction of the supernet's FLOPs):
   the search space (each unit between its minimum and full width);
 then every structure is retrained with configs/dmcp_resnet20_fmnist_subnet.py
 (3 epochs) for each seed and scored on the 10,000 test images.  Every result is
-appended to DIR/results.jsonl as it comes, and a rerun skips what is there,
-so the experiment can be grown over several sessions.  The report (stdout,
-DIR/report.md, benchmarks/dmcp_vs_uniform.png) gives per budget the mean
+appended to RECORD/results.jsonl (benchmarks/dmcp_vs_uniform/, in the
+repository) as it comes, with the searched structures beside it; a rerun
+skips what is there, so the experiment grows over sessions.  The report
+(stdout, RECORD/report_NET.md, benchmarks/dmcp_vs_uniform_NET.png) gives per budget the mean
 top-1 of each structure and the paired differences DMCP - uniform and
 DMCP - random with their standard errors.
 """
 import argparse
 import json
 import os
+import shutil
 import time
 
 import numpy as np
@@ -148,10 +150,13 @@ def load_results(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def search(space, net, budget, work_dir, search_images):
-    """The DMCP structure for this budget (a supernet search, done once)."""
+def search(space, net, budget, work_dir, search_images, record):
+    """The DMCP structure for this budget: the one recorded in `record` (the
+    repository keeps them), else a supernet search, whose expected_ch.json is
+    then recorded."""
+    kept = os.path.join(record, f"{net}_b{budget:g}_dmcp.json")
     out = os.path.join(work_dir, "search")
-    fix = os.path.join(out, "model_sample", "expected_ch.json")
+    fix = kept if os.path.exists(kept) else os.path.join(out, "model_sample", "expected_ch.json")
     if not os.path.exists(fix):
         target = budget * space.full / 1e6
         opts = net_options(net) + [f"model.target_flops={target:.4f}",
@@ -159,6 +164,9 @@ def search(space, net, budget, work_dir, search_images):
         t0 = time.time()
         Runner(load_config(SUPERNET, opts), work_dir=out).train()
         print(f"search {net} budget {budget}: {time.time() - t0:.0f} s", flush=True)
+    if not os.path.exists(kept):
+        os.makedirs(record, exist_ok=True)
+        shutil.copyfile(fix, kept)
     choices, _, _ = load_subnet(fix)
     names = {u.key: u.name for u in space.mut.units}
     return {names.get(k, k): v for k, v in choices.items()}, fix
@@ -176,13 +184,15 @@ def retrain(net, fix_subnet, seed, work_dir, images):
 
 def run(args):
     space = Space(args.net)
-    results_path = os.path.join(args.work_dir, "results.jsonl")
-    os.makedirs(args.work_dir, exist_ok=True)
-    done = {(r["net"], r["budget"], r["structure"], r["seed"]) for r in load_results(results_path)}
+    results_path = os.path.join(args.record, "results.jsonl")
+    os.makedirs(args.record, exist_ok=True)
+    images = args.retrain_images or 60000
+    done = {(r["net"], r["budget"], r["structure"], r["seed"]) for r in load_results(results_path)
+            if r["retrain_images"] == images}
     plan = {}
     for budget in args.budgets:                 # every search first, then the seeds
         bdir = os.path.join(args.work_dir, args.net, f"b{budget:g}")
-        widths, fix = search(space, args.net, budget, bdir, args.search_images)
+        widths, fix = search(space, args.net, budget, bdir, args.search_images, args.record)
         target = space.flops(widths)
         plan[budget] = (bdir, target, {"dmcp": (widths, target), "uniform": space.uniform(target)})
     for seed in args.seeds:
@@ -200,7 +210,7 @@ def run(args):
                                args.retrain_images)
                 rec = dict(net=args.net, budget=budget, structure=name, seed=seed,
                            mflops=f / 1e6, full_mflops=space.full / 1e6, top1=top1,
-                           retrain_images=args.retrain_images or 60000,
+                           retrain_images=images,
                            widths=[w[u.name] for u in space.mut.units],
                            seconds=round(time.time() - t0, 1))
                 with open(results_path, "a") as fh:
@@ -210,10 +220,11 @@ def run(args):
 
 
 def report(args):
-    recs = [r for r in load_results(os.path.join(args.work_dir, "results.jsonl"))
-            if r["net"] == args.net]
+    images = args.retrain_images or 60000
+    recs = [r for r in load_results(os.path.join(args.record, "results.jsonl"))
+            if r["net"] == args.net and r["retrain_images"] == images]
     if not recs:
-        raise SystemExit(f"no results for {args.net} in {args.work_dir}/results.jsonl")
+        raise SystemExit(f"no results for {args.net} in {args.record}/results.jsonl")
     lines = [f"{args.net} on Fashion-MNIST, supernet {recs[0]['full_mflops']:.2f} MFLOPs; "
              f"retrained on {recs[0]['retrain_images']} images, 3 epochs; test top-1 (%)", "",
              "| budget | structure | MFLOPs | seeds | top-1 mean | std | paired diff. DMCP - this (mean +- s.e.) |",
@@ -242,7 +253,7 @@ def report(args):
             plot.setdefault(s, []).append((mf, acc.mean(), std / np.sqrt(len(acc))))
     text = "\n".join(lines) + "\n"
     print(text)
-    with open(os.path.join(args.work_dir, f"report_{args.net}.md"), "w") as f:
+    with open(os.path.join(args.record, f"report_{args.net}.md"), "w") as f:
         f.write(text)
     _draw(plot, args, recs[0]["full_mflops"])
 
@@ -279,9 +290,14 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--search-images", type=int, default=18000,
                    help="training images the supernet search sees (18000, as the config)")
-    p.add_argument("--retrain-images", type=int, default=0,
-                   help="training images for each retraining (0: all 60,000)")
-    p.add_argument("--work-dir", default=os.path.join(ROOT, "work_dirs", "bench_dmcp_vs_uniform"))
+    p.add_argument("--retrain-images", type=int, default=30000,
+                   help="training images for each retraining (30000; 0: all 60,000); "
+                        "results with another value are kept apart")
+    p.add_argument("--work-dir", default=os.path.join(ROOT, "work_dirs", "bench_dmcp_vs_uniform"),
+                   help="searches and retraining runs (checkpoints, logs)")
+    p.add_argument("--record", default=os.path.join(ROOT, "benchmarks", "dmcp_vs_uniform"),
+                   help="what is kept in the repository: results.jsonl, the searched "
+                        "structures, the report (a rerun continues from them)")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
     if not args.report_only:
