@@ -78,7 +78,8 @@ typedef struct {
 typedef struct {
     int slots;                 /* batch slices */
     int k, kpad;               /* (c/G)*KH*KW, rounded up to CONV_MR */
-    int ocg, ocpad, ocpad16;   /* oc/G, rounded up to CONV_MR and to CONV_NR */
+    int ocg, ocpad, ocpad16;   /* oc/G, rounded up to CONV_MR and to wnr */
+    int wnr;                   /* backward-weight panel width: CONV_NR, or 16 for narrow layers */
     int cg, cgpad, kb;         /* c/G, rounded up to CONV_MR; (oc/G)*KH*KW */
     bool data;                 /* backward-data runs here too */
     pad_grid fg, bg;           /* forward/weight grid over inp; backward-data grid over dout */

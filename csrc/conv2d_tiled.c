@@ -65,7 +65,8 @@ static bool conv_tiling_of(const conv_shape *s, conv_tiling *t)
     t->kpad = (int)round_up(t->k, CONV_MR);
     t->ocg = s->oc / s->groups;
     t->ocpad = (int)round_up(t->ocg, CONV_MR);
-    t->ocpad16 = (int)round_up(t->ocg, CONV_NR);
+    t->wnr = CONV_NR > 16 && t->ocg <= 16 ? 16 : CONV_NR;
+    t->ocpad16 = (int)round_up(t->ocg, t->wnr);
     t->kb = t->ocg * khw;
     /* 1x1 kernels reduce too little per pixel: plain GEMMs do better */
     if (s->n < 2 || khw == 1 || t->k > CONV_TILED_MAX_K || t->ocg > CONV_TILED_MAX_K ||
@@ -130,37 +131,58 @@ static ptrdiff_t conv_tiled_scratch(const conv_shape *s, bool *tiled, bool *data
 typedef float conv_vec __attribute__((vector_size(CONV_VW * 4), aligned(4)));
 #define CONV_NV (CONV_NR / CONV_VW)
 
-/* c (MR, NR) = or += A (MR, k) @ B (k, NR).  Row i of A is a + aoff[i] (k
- * consecutive floats), row p of B is b + boff[p] (NR consecutive floats); c
- * rows are ldc apart.  The MR x NR sums stay in registers. */
+/* c (MR, nv*VW) = or += A (MR, k) @ B (k, nv*VW).  Row i of A is a + aoff[i]
+ * (k consecutive floats), row p of B is b + boff[p] (nv*VW consecutive
+ * floats); c rows are ldc apart.  The sums stay in registers; nv is a
+ * constant at every call, so each caller gets its own unrolled copy. */
 CONV_FMA_CONTRACT
-static void conv_kernel(int k, const float *restrict a, const int *restrict aoff,
-                        const float *restrict b, const int *restrict boff,
-                        float *restrict c, ptrdiff_t ldc, bool add)
+static inline __attribute__((always_inline))
+void conv_kernel_nv(int nv, int k, const float *restrict a, const int *restrict aoff,
+                    const float *restrict b, const int *restrict boff,
+                    float *restrict c, ptrdiff_t ldc, bool add)
 {
     const float *ar[CONV_MR];
     conv_vec acc[CONV_MR][CONV_NV];
     for (int i = 0; i < CONV_MR; i++) {
         ar[i] = a + aoff[i];
-        for (int v = 0; v < CONV_NV; v++)
+        for (int v = 0; v < nv; v++)
             acc[i][v] = (conv_vec){0};
     }
     for (int p = 0; p < k; p++) {
         const float *bp = b + boff[p];
         conv_vec bv[CONV_NV];
-        for (int v = 0; v < CONV_NV; v++)
+        for (int v = 0; v < nv; v++)
             bv[v] = *(const conv_vec *)(bp + v * CONV_VW);
         for (int i = 0; i < CONV_MR; i++) {
             const float ai = ar[i][p];
-            for (int v = 0; v < CONV_NV; v++)
+            for (int v = 0; v < nv; v++)
                 acc[i][v] += ai * bv[v];
         }
     }
     for (int i = 0; i < CONV_MR; i++) {
         conv_vec *ci = (conv_vec *)(c + i * ldc);
-        for (int v = 0; v < CONV_NV; v++)
+        for (int v = 0; v < nv; v++)
             ci[v] = add ? ci[v] + acc[i][v] : acc[i][v];
     }
+}
+
+/* The MR x NR micro-kernel. */
+CONV_FMA_CONTRACT
+static void conv_kernel(int k, const float *restrict a, const int *restrict aoff,
+                        const float *restrict b, const int *restrict boff,
+                        float *restrict c, ptrdiff_t ldc, bool add)
+{
+    conv_kernel_nv(CONV_NV, k, a, aoff, b, boff, c, ldc, add);
+}
+
+/* MR x 16: backward-weight panels of layers with at most 16 output channels,
+ * where a 32-wide AVX-512 tile would compute half zeros (conv_tiling.wnr). */
+CONV_FMA_CONTRACT
+static void conv_kernel16(int k, const float *restrict a, const int *restrict aoff,
+                          const float *restrict b, const int *restrict boff,
+                          float *restrict c, ptrdiff_t ldc, bool add)
+{
+    conv_kernel_nv(16 / CONV_VW, k, a, aoff, b, boff, c, ldc, add);
 }
 
 /* off[i] = i*step for i < n. */
@@ -287,7 +309,7 @@ static void tiled_backward_slot(float *dimg, float *dwt, const float *dy, const 
     int offw[CONV_TILED_MAX_K + CONV_MR], offd[CONV_TILED_MAX_K + CONV_MR], lin[CONV_TILED_MAX_K];
     if (dwt != NULL) {
         tap_offsets(offw, t->cg, &t->fg, s);
-        linear_offsets(lin, t->fg.ntp, CONV_NR);
+        linear_offsets(lin, t->fg.ntp, t->wnr);
     }
     if (dimg != NULL)
         tap_offsets(offd, t->ocg, &t->bg, s);
@@ -296,7 +318,8 @@ static void tiled_backward_slot(float *dimg, float *dwt, const float *dy, const 
             const float *dyg = dy + ((ptrdiff_t)b * s->oc + gi * t->ocg) * ohw;
             if (dwt != NULL) {
                 /* dW^T (kpad, ocpad16) += taps (A rows at off) @ dout^T tile,
-                 * packed as panels (ocpad16/NR, ntp, NR), zero off the image */
+                 * packed as panels (ocpad16/wnr, ntp, wnr), zero off the image */
+                const int nr = t->wnr;
                 const pad_grid *g = &t->fg;
                 pad_planes(src, img + ((ptrdiff_t)b * s->c + gi * t->cg) * hw, t->cg, s->h, s->w, g, s,
                            b == 0 && gi == 0);
@@ -306,19 +329,20 @@ static void tiled_backward_slot(float *dimg, float *dwt, const float *dy, const 
                     const int ntx = (int)round_up((ptrdiff_t)rows * g->wq, CONV_NR);
                     memset(pan, 0, (size_t)t->ocpad16 * g->ntp * sizeof *pan);
                     for (int oo = 0; oo < t->ocg; oo++) {
-                        float *dst = pan + (ptrdiff_t)(oo / CONV_NR) * g->ntp * CONV_NR + oo % CONV_NR;
+                        float *dst = pan + (ptrdiff_t)(oo / nr) * g->ntp * nr + oo % nr;
                         for (int y = 0; y < rows; y++) {
                             const float *sr = dyg + (ptrdiff_t)oo * ohw + (ptrdiff_t)(oy0 + y) * s->ow;
-                            float *d = dst + (ptrdiff_t)y * g->wq * CONV_NR;
+                            float *d = dst + (ptrdiff_t)y * g->wq * nr;
                             for (int x = 0; x < s->ow; x++)
-                                d[(ptrdiff_t)x * CONV_NR] = sr[x];
+                                d[(ptrdiff_t)x * nr] = sr[x];
                         }
                     }
                     const float *a = src + (ptrdiff_t)oy0 * g->wq;
                     for (int i0 = 0; i0 < t->kpad; i0 += CONV_MR)
-                        for (int op = 0; op < t->ocpad16; op += CONV_NR)
-                            conv_kernel(ntx, a, offw + i0, pan + (ptrdiff_t)op * g->ntp, lin,
-                                        dwg + (ptrdiff_t)i0 * t->ocpad16 + op, t->ocpad16, true);
+                        for (int op = 0; op < t->ocpad16; op += nr)
+                            (nr == CONV_NR ? conv_kernel : conv_kernel16)(
+                                ntx, a, offw + i0, pan + (ptrdiff_t)op * g->ntp, lin,
+                                dwg + (ptrdiff_t)i0 * t->ocpad16 + op, t->ocpad16, true);
                 }
             }
             if (dimg != NULL) {
