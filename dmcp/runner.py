@@ -245,6 +245,10 @@ class Runner:
             # a pruned subnet from a DMCP config (model.fix_subnet) keeps the supernet's
             # optim_wrapper: its weights train with the architecture's optimizer
             wcfg, mcfg = dict(ocfg["architecture"]), None
+            if ocfg.get("mutator"):
+                self.log.info("optim_wrapper.mutator is not used: a pruned subnet has no "
+                              "architecture parameters (its weights train with "
+                              "optim_wrapper.architecture)")
         else:
             wcfg, mcfg = ocfg, None
         wcfg.pop("type", None)

@@ -324,6 +324,7 @@ def test_dmcp_dict_with_fix_subnet_trains_tests_and_exports(tmp_path):
     r = tool("tools/train.py", config, "--work-dir", wd, "--cfg-options", *small)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Supernet FLOPs" not in r.stdout                 # no search ran
+    assert "optim_wrapper.mutator is not used" in r.stdout  # and it says what it ignores
     with np.load(os.path.join(wd, "epoch_1.npz")) as z:
         assert z["state_dict/backbone.conv1.weight"].shape[0] == widths["backbone.conv1"]
         assert not any(k.startswith(("state_dict/mutator.", "arch_optimizer/")) for k in z.files)
