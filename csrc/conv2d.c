@@ -73,7 +73,9 @@ size_t conv2d_scratch_floats(const conv_shape *s)
     const ptrdiff_t t = conv_tiled_scratch(s, &tiled, &data);
     const size_t rest = !tiled ? conv_gemm_scratch(s)
                         : data ? (size_t)t : DMCP_MAX((size_t)t, conv_gemm_scratch(s));
-    return conv_is_wino(s) ? DMCP_MAX(rest, wino_scratch(s)) : rest;
+    /* the Winograd buffers only where some pass of this variant runs there */
+    const bool wino = conv_use_wino(s, 0) || conv_use_wino(s, 1) || conv_use_wino(s, 2);
+    return wino ? DMCP_MAX(rest, wino_scratch(s)) : rest;
 }
 
 /* ---- public kernels ---- */

@@ -193,15 +193,21 @@ def read_checkpoint(path):
     return obj
 
 
-def embedded_subnet(path):
-    """The fix-subnet dict a slim .npz written by tools/export.py carries, else None."""
+def _npz_json(path, entry):
+    """The JSON text stored as bytes in `entry` of a .npz file, parsed; None when
+    `path` is not an existing .npz or has no such entry.  Read errors propagate."""
     if not str(path).endswith(".npz") or not os.path.isfile(path):
         return None
+    with _load_npz(path) as z:
+        if entry not in z.files:
+            return None
+        return json.loads(np.asarray(z[entry]).tobytes().decode("utf-8"))
+
+
+def embedded_subnet(path):
+    """The fix-subnet dict a slim .npz written by tools/export.py carries, else None."""
     try:
-        with _load_npz(path) as z:
-            if "fix_subnet" not in z.files:
-                return None
-            return json.loads(bytes(z["fix_subnet"]).decode("utf-8"))
+        return _npz_json(path, "fix_subnet")
     except (UnicodeDecodeError,) + _NPZ_ERRORS as e:
         raise UserError(f"checkpoint '{path}': its fix_subnet entry is unreadable "
                         f"({type(e).__name__}: {e})") from None
@@ -210,13 +216,8 @@ def embedded_subnet(path):
 def trained_epochs(path):
     """The epochs a training checkpoint (.npz with a 'meta' entry) had completed,
     or None when it says nothing usable (a .pth, an export, a damaged meta)."""
-    if not str(path).endswith(".npz") or not os.path.isfile(path):
-        return None
     try:
-        with _load_npz(path) as z:
-            if "meta" not in z.files:
-                return None
-            meta = json.loads(np.asarray(z["meta"]).tobytes().decode("utf-8"))
+        meta = _npz_json(path, "meta")
     except (UnicodeDecodeError, ValueError, RecursionError) + _NPZ_ERRORS:
         return None
     epoch = meta.get("epoch") if isinstance(meta, dict) else None

@@ -204,16 +204,22 @@ class BatchNorm2d(Module):
         self.track_running_stats = True
         self._cache = None
 
-    def forward(self, x, gate=None, act=None):
-        x = _f32(x, "BatchNorm2d input")
+    def _inputs(self, x, gate, act):
+        """x, checked, and what every BN kernel call takes besides it: gamma, beta,
+        the epilogue keywords, and the gate's gradient buffer dP."""
+        name = type(self).__name__
+        x = _f32(x, f"{name} input")
         if x.ndim != 4 or x.shape[1] > self.num_features:
-            raise ValueError(f"BatchNorm2d({self.num_features}) got input of shape {x.shape}")
-        c = x.shape[1]
-        out = np.empty_like(x)
+            raise ValueError(f"{name}({self.num_features}) got input of shape {x.shape}")
         gamma = None if self.weight is None else self.weight.data
         beta = None if self.bias is None else self.bias.data
         P, dP, min_ch, group_size = gate if gate is not None else (None, None, 0, 1)
-        epilogue = dict(P=P, min_ch=min_ch, group_size=group_size, act=act)
+        return x, gamma, beta, dict(P=P, min_ch=min_ch, group_size=group_size, act=act), dP
+
+    def forward(self, x, gate=None, act=None):
+        x, gamma, beta, epilogue, dP = self._inputs(x, gate, act)
+        c = x.shape[1]
+        out = np.empty_like(x)
         if self.training:
             mean = np.empty(c, np.float32)
             invstd = np.empty(c, np.float32)
@@ -263,9 +269,7 @@ class SyncBatchNorm2d(BatchNorm2d):
         self._sync = None
         if group is None:
             return super().forward(x, gate, act)
-        x = _f32(x, "SyncBatchNorm2d input")
-        if x.ndim != 4 or x.shape[1] > self.num_features:
-            raise ValueError(f"SyncBatchNorm2d({self.num_features}) got input of shape {x.shape}")
+        x, gamma, beta, epilogue, dP = self._inputs(x, gate, act)
         c = x.shape[1]
         stats = np.empty(2 * c + 1, np.float64)
         stats[:c] = np.add.reduce(x, axis=(0, 2, 3), dtype=np.float64)
@@ -277,10 +281,6 @@ class SyncBatchNorm2d(BatchNorm2d):
         var64 = np.maximum(stats[c:2 * c] / count - mean64 * mean64, 0.0)
         mean, var = mean64.astype(np.float32), var64.astype(np.float32)
         out = np.empty_like(x)
-        gamma = None if self.weight is None else self.weight.data
-        beta = None if self.bias is None else self.bias.data
-        P, dP, min_ch, group_size = gate if gate is not None else (None, None, 0, 1)
-        epilogue = dict(P=P, min_ch=min_ch, group_size=group_size, act=act)
         _C.batchnorm_forward_eval(out, x, gamma, beta, mean, var, self.eps, **epilogue)
         if self.track_running_stats:
             m = np.float32(self.momentum)
