@@ -147,7 +147,9 @@ dmcp_status conv2d_backward(float *dinp, float *dweight, float *dbias,
     }
     if (dweight != NULL && conv_use_wino(s, 2)) {
         wino_backward_weight(dweight, dout, inp, s, scratch);
-        return DMCP_OK;
+        dweight = NULL;
+        if (dinp == NULL)
+            return DMCP_OK;
     }
     conv_tiling t;
     if (conv_is_dw_direct(s)) {

@@ -35,17 +35,38 @@ static bool conv_is_wino(const conv_shape *s)
            s->w + 6 <= WINO_MAX_ROW && s->ow + 6 <= WINO_MAX_ROW;
 }
 
+/* A call's tiles are its parallel work (blocks of them over the threads) and
+ * amortise the weight transform: below these counts the tiled path or the
+ * SGEMMs win, ResNet-50's 512-channel 7x7 layers at batch 1 by 3-5x (forward
+ * from 128 tiles, backward-data from 384: benchmarks/RESULTS.md). */
+#ifndef WINO_MIN_TILES
+#define WINO_MIN_TILES 128
+#endif
+#ifndef WINO_MIN_TILES_DATA
+#define WINO_MIN_TILES_DATA 384
+#endif
+
 /* Whether a Winograd pass (0 forward, 1 backward-data, 2 backward-weight)
- * runs ahead of the tiled path for this shape.  Built for AVX-512, the tiled
- * micro-kernel (CONV_MR x 32 floats in twelve 16-float registers) beats the
- * transforms in every backward pass and in forward passes with fewer than 64
- * channels each way or planes under 14x14 (ResNet-20 and ResNet-50 shapes,
- * benchmarks/RESULTS.md); Winograd stays where the tiled path cannot go. */
+ * runs ahead of the tiled path or the SGEMMs for this shape.  Built for
+ * AVX-512, the tiled micro-kernel (CONV_MR x 32 floats in twelve 16-float
+ * registers) beats the transforms in every backward pass and in forward
+ * passes with fewer than 64 channels each way or planes under 14x14
+ * (ResNet-20 and ResNet-50 shapes), and OpenBLAS's AVX-512 SGEMMs beat the
+ * backward-weight transforms where the tiled path cannot go (256 channels at
+ * 14x14: 17 against 23 ms at batch 16). */
 static bool conv_use_wino(const conv_shape *s, int pass)
 {
     if (!(pass == 2 ? conv_is_wino_dw(s) : conv_is_wino(s)))
         return false;
+    /* forward tiles cover the output, backward-data tiles the input */
+    const long long th = pass == 1 ? (s->h + 1) / 2 : (s->oh + 1) / 2;
+    const long long tw = pass == 1 ? (s->w + 1) / 2 : (s->ow + 1) / 2;
+    const long long tiles = s->n * th * tw;
+    if ((pass == 0 && tiles < WINO_MIN_TILES) || (pass == 1 && tiles < WINO_MIN_TILES_DATA))
+        return false;
 #ifdef __AVX512F__
+    if (pass == 2)
+        return false;
     conv_tiling t;
     if (conv_tiling_of(s, &t) && (pass != 1 || t.data))
         return pass == 0 && s->c >= 64 && s->oc >= 64 && (long long)s->oh * s->ow >= 196;
@@ -82,31 +103,38 @@ static size_t wino_scratch(const conv_shape *s)
 static void wino_weights(float *U, const float *weight, int ldw, int r_n, int rp, int k_n,
                          bool flip)
 {
+    enum { KB = 64 };   /* inputs per pass: 16 contiguous runs, not 16 scattered floats */
     const ptrdiff_t plane = (ptrdiff_t)rp * k_n;
     #pragma omp parallel for schedule(static) if (plane * 16 > CONV_PAR_MIN)
     for (int r = 0; r < rp; r++) {
-        for (int k = 0; k < k_n; k++) {
-            float g[3][3] = {{0}}, t[4][3];
-            if (r < r_n) {
-                const float *w = flip ? weight + (ptrdiff_t)k * ldw + r * 9
-                                      : weight + (ptrdiff_t)r * ldw + k * 9;
-                for (int y = 0; y < 3; y++)
-                    for (int x = 0; x < 3; x++)
-                        g[y][x] = flip ? w[(2 - y) * 3 + (2 - x)] : w[y * 3 + x];
+        for (int k0 = 0; k0 < k_n; k0 += KB) {
+            const int kb = DMCP_MIN(KB, k_n - k0);
+            float u[16][KB];
+            for (int j = 0; j < kb; j++) {
+                const int k = k0 + j;
+                float g[3][3] = {{0}}, t[4][3];
+                if (r < r_n) {
+                    const float *w = flip ? weight + (ptrdiff_t)k * ldw + r * 9
+                                          : weight + (ptrdiff_t)r * ldw + k * 9;
+                    for (int y = 0; y < 3; y++)
+                        for (int x = 0; x < 3; x++)
+                            g[y][x] = flip ? w[(2 - y) * 3 + (2 - x)] : w[y * 3 + x];
+                }
+                for (int x = 0; x < 3; x++) {     /* t = G g */
+                    t[0][x] = g[0][x];
+                    t[1][x] = 0.5f * (g[0][x] + g[1][x] + g[2][x]);
+                    t[2][x] = 0.5f * (g[0][x] - g[1][x] + g[2][x]);
+                    t[3][x] = g[2][x];
+                }
+                for (int y = 0; y < 4; y++) {     /* U = t G^T */
+                    u[y * 4 + 0][j] = t[y][0];
+                    u[y * 4 + 1][j] = 0.5f * (t[y][0] + t[y][1] + t[y][2]);
+                    u[y * 4 + 2][j] = 0.5f * (t[y][0] - t[y][1] + t[y][2]);
+                    u[y * 4 + 3][j] = t[y][2];
+                }
             }
-            for (int x = 0; x < 3; x++) {         /* t = G g */
-                t[0][x] = g[0][x];
-                t[1][x] = 0.5f * (g[0][x] + g[1][x] + g[2][x]);
-                t[2][x] = 0.5f * (g[0][x] - g[1][x] + g[2][x]);
-                t[3][x] = g[2][x];
-            }
-            float *u = U + (ptrdiff_t)r * k_n + k;
-            for (int y = 0; y < 4; y++) {         /* U = t G^T */
-                u[(y * 4 + 0) * plane] = t[y][0];
-                u[(y * 4 + 1) * plane] = 0.5f * (t[y][0] + t[y][1] + t[y][2]);
-                u[(y * 4 + 2) * plane] = 0.5f * (t[y][0] - t[y][1] + t[y][2]);
-                u[(y * 4 + 3) * plane] = t[y][2];
-            }
+            for (int xi = 0; xi < 16; xi++)
+                memcpy(U + xi * plane + (ptrdiff_t)r * k_n + k0, u[xi], (size_t)kb * sizeof(float));
         }
     }
 }

@@ -71,12 +71,13 @@ CONV_CASES = {
     # per image gives chunks of 2 images, so a batch of 3 leaves a remainder
     "1x1_direct": conv_case(3, 4, 32, 33, 5, 1),
     "g2_3x3_chunked": conv_case(3, 16, 80, 80, 4, 3, 1, 1, 1, 2),
-    # Winograd F(2x2, 3x3): 3x3 stride 1 with >= 16 channels each way; odd sizes,
+    # Winograd F(2x2, 3x3): 3x3 stride 1 with >= 16 channels each way and
+    # enough 2x2 tiles (forward >= 128, backward-data >= 384); odd sizes,
     # paddings 0..2, and a batch split into image chunks (5 + 2 of 80x80)
-    "wino_odd": conv_case(2, 16, 9, 7, 17, 3, 1, 1),
-    "wino_p0_b1": conv_case(1, 16, 6, 5, 16, 3, 1, 0),
-    "wino_p2": conv_case(2, 17, 5, 6, 16, 3, 1, 2),
-    "wino_p02": conv_case(1, 16, 4, 7, 16, 3, 1, (0, 2)),
+    "wino_odd": conv_case(2, 16, 33, 31, 17, 3, 1, 1),
+    "wino_p0_b1": conv_case(1, 16, 42, 41, 16, 3, 1, 0),
+    "wino_p2": conv_case(2, 17, 29, 30, 16, 3, 1, 2),
+    "wino_p02": conv_case(1, 16, 40, 43, 16, 3, 1, (0, 2)),
     "wino_chunked": conv_case(7, 16, 80, 80, 16, 3, 1, 1),
     # Winograd backward-weight too (>= 64 channels each way): odd sizes, blocks over slots
     "wino_dw_odd": conv_case(3, 64, 9, 11, 65, 3, 1, 1),
@@ -193,7 +194,7 @@ SLICE_CASES = {   # geometry + (C_full, OC_full) of the weight buffer; groups ==
     "3x3_dil2": (conv_case(1, 4, 9, 9, 3, 3, 1, 2, 2), 8, 8),
     "1x1_direct": (conv_case(2, 3, 32, 32, 4, 1), 6, 5),
     "3x3_chunked": (conv_case(3, 14, 80, 80, 3, 3, 1, 1), 16, 5),
-    "wino": (conv_case(2, 16, 7, 8, 18, 3, 1, 1), 20, 24),
+    "wino": (conv_case(2, 16, 31, 32, 18, 3, 1, 1), 20, 24),
     "wino_dw": (conv_case(2, 64, 7, 6, 66, 3, 1, 1), 70, 72),
 }
 
@@ -1033,8 +1034,8 @@ THREAD_SCRIPT = textwrap.dedent("""
     C.conv2d_backward(dx, dw, db, dout, x, w, 2, 2, 1, 1, 1, 1, 1)
     res.update(conv_out=out, conv_dx=dx, conv_dw=dw, conv_db=db)
     # Winograd 3x3 (>= 16 channels, stride 1)
-    xw, ww = r(4, 16, 12, 11), r(24, 16, 3, 3)
-    outw = np.empty((4, 24, 12, 11), f32)
+    xw, ww = r(4, 16, 24, 22), r(24, 16, 3, 3)
+    outw = np.empty((4, 24, 24, 22), f32)
     C.conv2d_forward(outw, xw, ww, None, 1, 1, 1, 1, 1, 1, 1)
     dxw, dww = np.zeros_like(xw), np.zeros_like(ww)
     C.conv2d_backward(dxw, dww, None, r(*outw.shape), xw, ww, 1, 1, 1, 1, 1, 1, 1)
