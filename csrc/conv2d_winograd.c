@@ -459,29 +459,38 @@ static void wino_backward_weight(float *dweight, const float *dout, const float 
             }
         }
     }
-    /* dW[r][k] += G^T (sum over slots, in order, of dU) G */
+    /* dW[r][k] += G^T (sum over slots, in order, of dU) G; inputs in runs of
+     * KB, so each of the 16 planes is read contiguously */
+    enum { KB = 64 };
     const int ldw = s->w_cin_full * 9;
     #pragma omp parallel for schedule(static) if ((ptrdiff_t)g.r * g.k * 16 * slots > CONV_PAR_MIN)
     for (int r = 0; r < g.r; r++) {
-        for (int k = 0; k < g.k; k++) {
-            float u[4][4];
+        for (int k0 = 0; k0 < g.k; k0 += KB) {
+            const int kb = DMCP_MIN(KB, g.k - k0);
+            float us[16][KB];
             for (int xi = 0; xi < 16; xi++) {
-                float acc = 0.0f;
-                for (int slot = 0; slot < slots; slot++)
-                    acc += dU[slot * dusz + ((ptrdiff_t)xi * g.rp + r) * kp + k];
-                u[xi / 4][xi % 4] = acc;
+                const float *d = dU + ((ptrdiff_t)xi * g.rp + r) * kp + k0;
+                for (int j = 0; j < kb; j++)
+                    us[xi][j] = d[j];
+                for (int slot = 1; slot < slots; slot++)
+                    for (int j = 0; j < kb; j++)
+                        us[xi][j] += d[slot * dusz + j];
             }
-            float t3[3][4];
-            for (int x = 0; x < 4; x++) {             /* t = G^T u */
-                t3[0][x] = u[0][x] + 0.5f * (u[1][x] + u[2][x]);
-                t3[1][x] = 0.5f * (u[1][x] - u[2][x]);
-                t3[2][x] = 0.5f * (u[1][x] + u[2][x]) + u[3][x];
-            }
-            float *dw = dweight + (ptrdiff_t)r * ldw + k * 9;
-            for (int y = 0; y < 3; y++) {             /* dg = t G */
-                dw[y * 3 + 0] += t3[y][0] + 0.5f * (t3[y][1] + t3[y][2]);
-                dw[y * 3 + 1] += 0.5f * (t3[y][1] - t3[y][2]);
-                dw[y * 3 + 2] += 0.5f * (t3[y][1] + t3[y][2]) + t3[y][3];
+            for (int j = 0; j < kb; j++) {
+                float t3[3][4];
+                for (int x = 0; x < 4; x++) {         /* t = G^T u */
+                    const float u0 = us[x][j], u1 = us[4 + x][j];
+                    const float u2 = us[8 + x][j], u3 = us[12 + x][j];
+                    t3[0][x] = u0 + 0.5f * (u1 + u2);
+                    t3[1][x] = 0.5f * (u1 - u2);
+                    t3[2][x] = 0.5f * (u1 + u2) + u3;
+                }
+                float *dw = dweight + (ptrdiff_t)r * ldw + (ptrdiff_t)(k0 + j) * 9;
+                for (int y = 0; y < 3; y++) {         /* dg = t G */
+                    dw[y * 3 + 0] += t3[y][0] + 0.5f * (t3[y][1] + t3[y][2]);
+                    dw[y * 3 + 1] += 0.5f * (t3[y][1] - t3[y][2]);
+                    dw[y * 3 + 2] += 0.5f * (t3[y][1] + t3[y][2]) + t3[y][3];
+                }
             }
         }
     }
