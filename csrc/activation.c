@@ -33,10 +33,20 @@ void relu_backward(float *dinp, const float *dout, const float *out, size_t len,
     }
 }
 
-void add_forward(float *out, const float *a, const float *b, size_t len)
+void add_forward(float *out, const float *a, const float *b, size_t len, float act)
 {
+    if (act < 0.0f) {
+        #pragma omp parallel for schedule(static) if (len > 32768)
+        for (size_t i = 0; i < len; i++) out[i] = a[i] + b[i];
+        return;
+    }
+    const float hi = act > 0.0f ? act : 3.402823466e38f;
     #pragma omp parallel for schedule(static) if (len > 32768)
-    for (size_t i = 0; i < len; i++) out[i] = a[i] + b[i];
+    for (size_t i = 0; i < len; i++) {
+        float x = a[i] + b[i];
+        x = x > 0.0f ? x : 0.0f;
+        out[i] = x < hi ? x : hi;
+    }
 }
 
 void add_backward(float *dinp, const float *dout, size_t len)

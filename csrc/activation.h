@@ -15,8 +15,9 @@ void relu_forward(float *out, const float *inp, size_t len, float cap);
 void relu_backward(float *dinp, const float *dout, const float *out, size_t len, float cap,
                    int accumulate);
 
-/* out = a + b (residual add). */
-void add_forward(float *out, const float *a, const float *b, size_t len);
+/* out = a + b (residual add); act >= 0 then applies relu_forward's
+ * activation with cap act in the same pass (act < 0: none).  out may alias a or b. */
+void add_forward(float *out, const float *a, const float *b, size_t len, float act);
 /* dinp += dout. */
 void add_backward(float *dinp, const float *dout, size_t len);
 

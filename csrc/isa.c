@@ -154,9 +154,9 @@ void relu_backward(float *dinp, const float *dout, const float *out, size_t len,
     relu_backward_variants[dmcp_isa](dinp, dout, out, len, cap, accumulate);
 }
 
-void add_forward(float *out, const float *a, const float *b, size_t len)
+void add_forward(float *out, const float *a, const float *b, size_t len, float act)
 {
-    add_forward_variants[dmcp_isa](out, a, b, len);
+    add_forward_variants[dmcp_isa](out, a, b, len, act);
 }
 
 void add_backward(float *dinp, const float *dout, size_t len)

@@ -547,10 +547,21 @@ static PyObject *py_add_forward(PyObject *self, PyObject *args)
 {
     const char *FN = "add_forward";
     arr_arg out = F32(out, -1, ARG_OUT), a = F32(a, -1, 0), b = F32(b, -1, 0);
-    if (!PyArg_ParseTuple(args, "O&O&O&", A(out), A(a), A(b)) || !same_shape(&a, &b) ||
+    PyObject *o_act = NULL;
+    if (!PyArg_ParseTuple(args, "O&O&O&|O", A(out), A(a), A(b), &o_act) || !same_shape(&a, &b) ||
         !same_shape(&out, &a))
         return NULL;
-    NOGIL(add_forward(DATA(out), DATA(a), DATA(b), (size_t)PyArray_SIZE(a.a)));
+    float act = -1.0f;       /* none */
+    if (o_act && o_act != Py_None) {
+        const double v = PyFloat_AsDouble(o_act);
+        if (v == -1.0 && PyErr_Occurred())
+            return NULL;
+        if (!(v >= 0.0))
+            return fail(PyExc_ValueError, "%s: act must be None, 0 (ReLU) or a positive cap, "
+                        "got %R", FN, o_act);
+        act = (float)v;
+    }
+    NOGIL(add_forward(DATA(out), DATA(a), DATA(b), (size_t)PyArray_SIZE(a.a), act));
     Py_RETURN_NONE;
 }
 
@@ -1265,7 +1276,7 @@ static PyMethodDef methods[] = {
     {"relu_forward", py_relu_forward, METH_VARARGS, "relu_forward(out, inp, cap=0); cap 6 for ReLU6"},
     {"relu_backward", py_relu_backward, METH_VARARGS, "relu_backward(dinp, dout, out, cap=0, accumulate=True); accumulates "
      "(overwrites with accumulate=False)"},
-    {"add_forward", py_add_forward, METH_VARARGS, "add_forward(out, a, b)"},
+    {"add_forward", py_add_forward, METH_VARARGS, "add_forward(out, a, b, act=None); out = a + b, then ReLU (act 0) or ReLU capped at act"},
     {"add_backward", py_add_backward, METH_VARARGS, "add_backward(dinp, dout); accumulates"},
     {"dropout_forward", py_dropout_forward, METH_VARARGS, "dropout_forward(out, mask, inp, p, seed)"},
     {"dropout_backward", py_dropout_backward, METH_VARARGS, "dropout_backward(dinp, dout, mask)"},

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _C
 from .nn import (BatchNorm2d, Conv2d, CrossEntropyLoss, GlobalAvgPool, Linear, MaxPool2d, Module,
-                 ReLU, SyncBatchNorm2d)
+                 SyncBatchNorm2d, _f32)
 from .config import _did_you_mean, build, check_keys, strip_scope
 from .units import ChannelUnit, UserError, make_divisible
 
@@ -142,17 +142,16 @@ class _ResidualBlock(Module):
     def forward(self, x):
         out = _forward(self._main, x)
         identity = _forward(self._down, x) if self._down else x
-        y = np.empty_like(out)
-        _C.add_forward(y, out, identity)
-        return self._relu.forward(y)
+        # add and ReLU in one pass, over the main branch's output (a fresh array)
+        _C.add_forward(out, out, identity, 0.0)
+        self._out = out
+        return out
 
     def backward(self, d):
-        d = self._relu.backward(d)
-        dx = _backward(self._main, d)
-        if self._down:
-            dx += _backward(self._down, d)
-        else:
-            dx += d
+        g = np.empty_like(self._out)
+        _C.relu_backward(g, _f32(d, f"{type(self).__name__} dout"), self._out, 0.0, False)
+        dx = _backward(self._main, g)
+        _C.add_backward(dx, _backward(self._down, g) if self._down else g)
         return dx
 
     def _make_down(self, book, in_unit, res_unit, stride):
@@ -176,7 +175,6 @@ class BasicBlock(_ResidualBlock):
         self._down = None
         if downsample:
             self._make_down(book, in_unit, res_unit, stride)
-        self._relu = ReLU()
         self._last_bn = self.bn2
 
 
@@ -198,7 +196,6 @@ class Bottleneck(_ResidualBlock):
         self._down = None
         if downsample:
             self._make_down(book, in_unit, res_unit, stride)
-        self._relu = ReLU()
         self._last_bn = self.bn3
 
 
@@ -333,15 +330,13 @@ class InvertedResidual(Module):
     def forward(self, x):
         out = _forward(self.conv, x)
         if self.use_res:
-            y = np.empty_like(out)
-            _C.add_forward(y, out, x)
-            return y
+            _C.add_forward(out, out, x)     # over the last ConvModule's fresh output
         return out
 
     def backward(self, d):
         dx = _backward(self.conv, d)
         if self.use_res:
-            dx += d
+            _C.add_backward(dx, _f32(d, "InvertedResidual dout"))
         return dx
 
 

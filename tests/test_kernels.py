@@ -497,6 +497,23 @@ def test_add(rng, close, isa):
     close(acc, 1 + d + d, "add", rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("act", [0.0, 6.0], ids=["relu", "relu6"])
+@pytest.mark.parametrize("size", [(2, 3, 5, 5), (4, 16, 32, 33)], ids=["small", "threaded"])
+def test_add_act(act, size, rng, close, isa):
+    """add_forward with an activation equals PyTorch's add then ReLU / ReLU6,
+    also written in place over its first operand."""
+    a, b = randn(rng, *size, scale=4.0), randn(rng, *size, scale=4.0)
+    want = torch.clamp(torch.from_numpy(a) + torch.from_numpy(b), 0.0,
+                       act if act > 0 else None).numpy()
+    out = np.empty_like(a)
+    C.add_forward(out, a, b, act)
+    close(out, want, "add_act", rtol=0, atol=0)
+    C.add_forward(a, a, b, act)
+    close(a, want, "add_act in place", rtol=0, atol=0)
+    with pytest.raises(ValueError, match="act must be None, 0"):
+        C.add_forward(out, a, b, -1.0)
+
+
 MAXPOOL_CASES = [  # n, c, h, w, k, s, p
     (2, 3, 8, 8, 3, 2, 1), (1, 2, 7, 9, 3, 2, 1), (2, 2, 8, 8, 2, 2, 0),
     (1, 3, 7, 7, 2, 2, 0), (2, 2, 5, 6, 3, 1, 1), (1, 1, 1, 1, 1, 1, 0),

@@ -67,7 +67,7 @@ class Ctx:
 
 @contextlib.contextmanager
 def relu_masks():
-    """Record, per dmcp ReLU/ReLU6 (standalone or fused into BN), where the output is in the linear
+    """Record, per dmcp ReLU/ReLU6 (standalone, fused into BN or into a residual add), where the output is in the linear
     region (0 < out < cap) and where it is capped, for Ctx.relu."""
     masks = collections.deque()
     orig_relu, orig_bn = dmcp.nn.ReLU.forward, dmcp.nn.BatchNorm2d.forward
@@ -86,11 +86,18 @@ def relu_masks():
         out = orig_bn(self, x, gate, act)
         return out if act is None else record(out, act)
 
+    def block_forward(self, x):                         # residual add fused with ReLU
+        return record(orig_block(self, x), 0.0)
+
+    block = dmcp.models._ResidualBlock
+    orig_block = block.forward
     dmcp.nn.ReLU.forward, dmcp.nn.BatchNorm2d.forward = relu_forward, bn_forward
+    block.forward = block_forward
     try:
         yield masks
     finally:
         dmcp.nn.ReLU.forward, dmcp.nn.BatchNorm2d.forward = orig_relu, orig_bn
+        block.forward = orig_block
 
 
 def ref_forward(model_fn, x, ref, xt=None):

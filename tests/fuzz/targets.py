@@ -511,7 +511,7 @@ def _elementwise(A, fn):
     if fn == "relu_backward":
         return fn, [x(), x(), x(), A.f(0, 6), A.fdp.ConsumeBool()], {}
     if fn == "add_forward":
-        return fn, [x(), x(), x()], {}
+        return fn, [x(), x(), x()] + ([A.f(0, 6)] if A.fdp.ConsumeBool() else []), {}
     if fn == "add_backward":
         return fn, [x(), x()], {}
     if fn == "dropout_forward":
