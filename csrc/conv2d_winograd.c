@@ -37,8 +37,9 @@ static bool conv_is_wino(const conv_shape *s)
 
 /* A call's tiles are its parallel work (blocks of them over the threads) and
  * amortise the weight transform: below these counts the tiled path or the
- * SGEMMs win, ResNet-50's 512-channel 7x7 layers at batch 1 by 3-5x (forward
- * from 128 tiles, backward-data from 384: benchmarks/RESULTS.md). */
+ * SGEMMs win, ResNet-50's 512-channel 7x7 layers at batch 1 by 3-5x (a sweep
+ * of 512@7, 256@14, 128@28 and 64@56 at batches 1-32 in both ISA variants:
+ * Winograd led from about 128 tiles forward and 384 backward-data). */
 #ifndef WINO_MIN_TILES
 #define WINO_MIN_TILES 128
 #endif

@@ -392,20 +392,30 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg)
 /* The keyword-only epilogue of the batchnorm calls: P (gate values, full unit
  * width), dP (backward), min_ch, group_size, act (None, 0 = ReLU, cap).
  * Fills *ep and sets *use to it, or to NULL for plain BN; 0 on an error. */
+/* An activation argument: None (or absent) -> -1 (none), 0 (ReLU) or a
+ * positive cap; 0 on an error. */
+static int parse_act(const char *fn, PyObject *o_act, float *act)
+{
+    *act = -1.0f;
+    if (o_act && o_act != Py_None) {
+        const double v = PyFloat_AsDouble(o_act);
+        if (v == -1.0 && PyErr_Occurred())
+            return 0;
+        if (!(v >= 0.0))
+            return fail(PyExc_ValueError, "%s: act must be None, 0 (ReLU) or a positive cap, "
+                        "got %R", fn, o_act);
+        *act = (float)v;
+    }
+    return 1;
+}
+
 static int parse_epilogue(const arr_arg *P, const arr_arg *dP, int m, int g, PyObject *o_act,
                           int c, bn_epilogue *ep, const bn_epilogue **use)
 {
     const char *fn = P->fn;
     *ep = (bn_epilogue){NULL, NULL, 0, 1, 0, -1.0f};
-    if (o_act && o_act != Py_None) {
-        const double act = PyFloat_AsDouble(o_act);
-        if (act == -1.0 && PyErr_Occurred())
-            return 0;
-        if (!(act >= 0.0))
-            return fail(PyExc_ValueError, "%s: act must be None, 0 (ReLU) or a positive cap, "
-                        "got %R", fn, o_act);
-        ep->act = (float)act;
-    }
+    if (!parse_act(fn, o_act, &ep->act))
+        return 0;
     if (dP->a && !P->a)
         return fail(PyExc_ValueError, "%s: 'dP' needs 'P'", fn);
     if (P->a) {
@@ -551,16 +561,9 @@ static PyObject *py_add_forward(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O&O&O&|O", A(out), A(a), A(b), &o_act) || !same_shape(&a, &b) ||
         !same_shape(&out, &a))
         return NULL;
-    float act = -1.0f;       /* none */
-    if (o_act && o_act != Py_None) {
-        const double v = PyFloat_AsDouble(o_act);
-        if (v == -1.0 && PyErr_Occurred())
-            return NULL;
-        if (!(v >= 0.0))
-            return fail(PyExc_ValueError, "%s: act must be None, 0 (ReLU) or a positive cap, "
-                        "got %R", FN, o_act);
-        act = (float)v;
-    }
+    float act;
+    if (!parse_act(FN, o_act, &act))
+        return NULL;
     NOGIL(add_forward(DATA(out), DATA(a), DATA(b), (size_t)PyArray_SIZE(a.a), act));
     Py_RETURN_NONE;
 }
