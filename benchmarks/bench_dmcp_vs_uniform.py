@@ -162,7 +162,9 @@ def search(space, net, budget, work_dir, search_images, record):
         opts = net_options(net) + [f"model.target_flops={target:.4f}",
                                    f"train_dataloader.dataset.indices={search_images}"]
         t0 = time.time()
-        Runner(load_config(SUPERNET, opts), work_dir=out).train()
+        # an interrupted search continues from its last epoch's checkpoint
+        again = "auto" if os.path.exists(os.path.join(out, "last_checkpoint")) else None
+        Runner(load_config(SUPERNET, opts), work_dir=out, resume=again).train()
         print(f"search {net} budget {budget}: {time.time() - t0:.0f} s", flush=True)
     if not os.path.exists(kept):
         os.makedirs(record, exist_ok=True)

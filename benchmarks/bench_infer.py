@@ -161,6 +161,7 @@ def worker(engine, base, reps, threads):
     x1 = x32[:1].copy()
     if engine == "dmcp":
         from dmcp.algorithm import build_classifier
+        from dmcp.nn import no_grad
         net = os.path.basename(base).split("_")[0]
         with open(base + ".json") as f:
             widths = json.load(f)
@@ -168,7 +169,10 @@ def worker(engine, base, reps, threads):
         with np.load(base + ".npz") as z:
             model.load_state_dict({k: z[k] for k in z.files})
         model.eval()
-        fwd = model.forward
+
+        def fwd(x):
+            with no_grad():
+                return model.forward(x)
     elif engine == "onnxruntime":
         import onnxruntime as ort
         so = ort.SessionOptions()

@@ -84,7 +84,7 @@ size_t conv2d_scratch_floats(const conv_shape *s)
  * bias (OC_full) or NULL, [:oc] used; out (N,oc,OH,OW);
  * scratch conv2d_scratch_floats(s) floats (may be NULL when that is 0). */
 dmcp_status conv2d_forward(float *out, const float *inp, const float *weight,
-                           const float *bias, const conv_shape *s, float *scratch)
+                           const conv_epilogue *ep, const conv_shape *s, float *scratch)
 {
     dmcp_status st = conv_check(s);
     if (st != DMCP_OK)
@@ -92,15 +92,17 @@ dmcp_status conv2d_forward(float *out, const float *inp, const float *weight,
     if (out == NULL || inp == NULL || weight == NULL ||
         (scratch == NULL && conv2d_scratch_floats(s) > 0))
         return DMCP_ERR_VALUE;
+    if (ep != NULL && ep->scale == NULL && ep->shift == NULL && !(ep->act >= 0.0f))
+        ep = NULL;
     conv_tiling t;
     if (conv_is_dw_direct(s))
-        dw_forward(out, inp, weight, bias, s, scratch);
+        dw_forward(out, inp, weight, ep, s, scratch);
     else if (conv_use_wino(s, 0))
-        wino_forward(out, inp, weight, bias, s, scratch);
+        wino_forward(out, inp, weight, ep, s, scratch);
     else if (conv_tiling_of(s, &t))
-        conv_tiled_forward(out, inp, weight, bias, s, &t, scratch);
+        conv_tiled_forward(out, inp, weight, ep, s, &t, scratch);
     else
-        conv_gemm_forward(out, inp, weight, bias, s, scratch);
+        conv_gemm_forward(out, inp, weight, ep, s, scratch);
     return DMCP_OK;
 }
 
@@ -170,8 +172,9 @@ dmcp_status conv2d_backward(float *dinp, float *dweight, float *dbias,
 
 /* Same contract as conv2d_forward; direct loops, double accumulators, no scratch. */
 dmcp_status conv2d_forward_naive(float *out, const float *inp, const float *weight,
-                                 const float *bias, const conv_shape *s)
+                                 const conv_epilogue *ep, const conv_shape *s)
 {
+    const float *bias = ep != NULL && ep->scale == NULL ? ep->shift : NULL;
     dmcp_status st = conv_check(s);
     if (st != DMCP_OK)
         return st;
@@ -196,7 +199,12 @@ dmcp_status conv2d_forward_naive(float *out, const float *inp, const float *weig
             acc += (double)inp[(((ptrdiff_t)n * s->c + ic) * s->h + iy) * s->w + ix]
                  * weight[o * ldw + ((ptrdiff_t)ci * s->kh + ky) * s->kw + kx];
         }
-        out[(((ptrdiff_t)n * s->oc + o) * s->oh + oy) * s->ow + ox] = (float)acc;
+        double y = acc;
+        if (ep != NULL && ep->scale != NULL)
+            y = acc * ep->scale[o] + (ep->shift != NULL ? ep->shift[o] : 0.0);
+        if (ep != NULL && ep->act >= 0.0f)
+            y = y < 0.0 ? 0.0 : ep->act > 0.0f && y > ep->act ? ep->act : y;
+        out[(((ptrdiff_t)n * s->oc + o) * s->oh + oy) * s->ow + ox] = (float)y;
     }
     return DMCP_OK;
 }

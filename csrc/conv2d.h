@@ -31,9 +31,22 @@ dmcp_status conv2d_shape_finish(conv_shape *s);
 /* Floats of scratch space conv2d_forward/backward need for this shape. */
 size_t conv2d_scratch_floats(const conv_shape *s);
 
-/* out (N,oc,OH,OW) = conv(inp (N,c,H,W), weight[:oc,:c/groups]) + bias[:oc] (bias may be NULL). */
+/* What conv2d_forward does to output channel o as it writes it:
+ * y = act(conv * scale[o] + shift[o]).  shift alone is a conv bias; scale and
+ * shift together fold in an eval-mode BN (scale = gamma / sqrt(var + eps),
+ * shift = beta - mean * scale, plus bias * scale), so inference makes one
+ * pass over a layer's output instead of two.  Each pointer may be NULL
+ * (scale 1, shift 0); act < 0: none, 0: ReLU, > 0: ReLU capped at act. */
+typedef struct {
+    const float *scale;
+    const float *shift;
+    float act;
+} conv_epilogue;
+
+/* out (N,oc,OH,OW) = conv(inp (N,c,H,W), weight[:oc,:c/groups]), then the
+ * epilogue (ep may be NULL: plain conv) on channels [:oc]. */
 dmcp_status conv2d_forward(float *out, const float *inp, const float *weight,
-                           const float *bias, const conv_shape *s, float *scratch);
+                           const conv_epilogue *ep, const conv_shape *s, float *scratch);
 
 /* Accumulates (+=) into dinp (N,c,H,W), dweight (full buffer, active slice),
  * dbias[:oc]; any of the three may be NULL to skip it. */
@@ -43,7 +56,7 @@ dmcp_status conv2d_backward(float *dinp, float *dweight, float *dbias,
 
 /* Direct loops, obviously correct, same contract; used by tests. */
 dmcp_status conv2d_forward_naive(float *out, const float *inp, const float *weight,
-                                 const float *bias, const conv_shape *s);
+                                 const conv_epilogue *ep, const conv_shape *s);
 dmcp_status conv2d_backward_naive(float *dinp, float *dweight, float *dbias,
                                   const float *dout, const float *inp, const float *weight,
                                   const conv_shape *s);

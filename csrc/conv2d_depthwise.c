@@ -136,7 +136,7 @@ static void dw_grid_taps(float *restrict grid, ptrdiff_t n, const float *src, co
 }
 
 /* op (OH,OW) = b + conv(ip (H,W), wk (KH,KW)) for one channel; buf a slot buffer. */
-static void dw_forward_plane(float *op, const float *ip, const float *wk, float b,
+static void dw_forward_plane(float *op, const float *ip, const float *wk, conv_chan_ep e,
                              const conv_shape *s, const dw_tiling *t, float *buf, bool fresh)
 {
     const pad_grid *g = &t->fg;
@@ -150,12 +150,8 @@ static void dw_forward_plane(float *op, const float *ip, const float *wk, float 
         dw_tap_offsets(off, t0, nt, g, s);
         dw_grid_taps(grid, n, src, off, wk + t0, nt, t0 > 0);
     }
-    for (int oy = 0; oy < s->oh; oy++) {
-        float *restrict orow = op + (ptrdiff_t)oy * s->ow;
-        const float *restrict grow = grid + (ptrdiff_t)oy * g->wq;
-        for (int ox = 0; ox < s->ow; ox++)
-            orow[ox] = grow[ox] + b;
-    }
+    for (int oy = 0; oy < s->oh; oy++)
+        conv_ep_row(op + (ptrdiff_t)oy * s->ow, grid + (ptrdiff_t)oy * g->wq, s->ow, e);
 }
 
 /* dip (H,W) += conv_transpose(dop (OH,OW), wk) for one plane; buf a slot
@@ -291,7 +287,7 @@ static void dw_backward_weight_channel(float *dwk, const float *dout, const floa
 
 /* out (N,C,OH,OW), inp (N,C,H,W), weight rows of KH*KW, one per channel. */
 static void dw_forward(float *out, const float *inp, const float *weight,
-                       const float *bias, const conv_shape *s, float *scratch)
+                       const conv_epilogue *ep, const conv_shape *s, float *scratch)
 {
     const int khw = s->kh * s->kw, c = s->c;
     const ptrdiff_t planes = (ptrdiff_t)s->n * c;
@@ -304,7 +300,7 @@ static void dw_forward(float *out, const float *inp, const float *weight,
         for (ptrdiff_t p = p0; p < range_start(i + 1, t.slots, planes); p++) {
             const int ch = (int)(p % c);
             dw_forward_plane(out + p * ohw, inp + p * hw, weight + (ptrdiff_t)ch * khw,
-                             bias != NULL ? bias[ch] : 0.0f, s, &t, src, p == p0);
+                             conv_ep_of(ep, ch), s, &t, src, p == p0);
         }
     }
 }

@@ -177,8 +177,8 @@ static void gather_chunk(float *mat, ptrdiff_t ldm, const float *x, int nb, int 
     }
 }
 
-/* x (nb, oc, OH*OW) <- mat (oc, ldm) [+ bias], the inverse of gather_chunk. */
-static void scatter_chunk(float *x, const float *mat, ptrdiff_t ldm, const float *bias,
+/* x (nb, oc, OH*OW) <- epilogue(mat (oc, ldm)), the inverse of gather_chunk. */
+static void scatter_chunk(float *x, const float *mat, ptrdiff_t ldm, const conv_epilogue *ep,
                           int nb, int oc, ptrdiff_t ohw)
 {
     const ptrdiff_t jobs = (ptrdiff_t)nb * oc;
@@ -187,33 +187,17 @@ static void scatter_chunk(float *x, const float *mat, ptrdiff_t ldm, const float
         const ptrdiff_t b = j / oc, o = j % oc;
         float *restrict dst = x + j * ohw;
         const float *restrict src = mat + o * ldm + b * ohw;
-        if (bias == NULL) {
+        if (ep == NULL)
             memcpy(dst, src, (size_t)ohw * sizeof *dst);
-        } else {
-            const float bv = bias[o];
-            for (ptrdiff_t i = 0; i < ohw; i++)
-                dst[i] = src[i] + bv;
-        }
+        else
+            conv_ep_row(dst, src, ohw, conv_ep_of(ep, (int)o));
     }
 }
 
-/* x (nb, oc, OH*OW) = bias[o]. */
-static void fill_bias(float *x, const float *bias, int nb, int oc, ptrdiff_t ohw)
-{
-    const ptrdiff_t jobs = (ptrdiff_t)nb * oc;
-    #pragma omp parallel for schedule(static) if (jobs * ohw > CONV_PAR_MIN)
-    for (ptrdiff_t j = 0; j < jobs; j++) {
-        float *restrict dst = x + j * ohw;
-        const float bv = bias[j % oc];
-        for (ptrdiff_t i = 0; i < ohw; i++)
-            dst[i] = bv;
-    }
-}
-
-/* out (N,oc,OH,OW) = per chunk and group g: W_g (oc/G, K) @ col_g (K, nb*OH*OW)
- * [+ bias], K = (c/G)*KH*KW, W_g rows ldw = w_cin_full*KH*KW apart. */
+/* out (N,oc,OH,OW) = per chunk and group g: W_g (oc/G, K) @ col_g (K, nb*OH*OW),
+ * then the epilogue, K = (c/G)*KH*KW, W_g rows ldw = w_cin_full*KH*KW apart. */
 static void conv_gemm_forward(float *out, const float *inp, const float *weight,
-                              const float *bias, const conv_shape *s, float *scratch)
+                              const conv_epilogue *ep, const conv_shape *s, float *scratch)
 {
     const int groups = s->groups, cg = s->c / groups, ocg = s->oc / groups;
     const int ldw = s->w_cin_full * s->kh * s->kw, k = cg * s->kh * s->kw;
@@ -222,32 +206,31 @@ static void conv_gemm_forward(float *out, const float *inp, const float *weight,
     const bool pointwise = conv_is_pointwise(s);
     if (conv_pointwise_images(s)) {
         /* images over threads, one single-threaded GEMM each: no fork/join
-         * per image, no gather/scatter, every thread a whole GEMM */
-        if (bias != NULL)
-            fill_bias(out, bias, s->n, s->oc, ohw);
+         * per image, no gather/scatter, every thread a whole GEMM, then the
+         * epilogue on its image while it is in cache */
         const int blas_threads = openblas_get_num_threads();
         openblas_set_num_threads(1);
         #pragma omp parallel for schedule(dynamic, 1)
-        for (int b = 0; b < s->n; b++)
+        for (int b = 0; b < s->n; b++) {
+            float *ob = out + (ptrdiff_t)b * s->oc * ohw;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->oc, (int)ohw, k, 1.0f,
-                        weight, ldw, inp + (ptrdiff_t)b * s->c * hw, (int)ohw,
-                        bias != NULL ? 1.0f : 0.0f, out + (ptrdiff_t)b * s->oc * ohw, (int)ohw);
+                        weight, ldw, inp + (ptrdiff_t)b * s->c * hw, (int)ohw, 0.0f, ob, (int)ohw);
+            for (int o = 0; ep != NULL && o < s->oc; o++)
+                conv_ep_row(ob + o * ohw, ob + o * ohw, ohw, conv_ep_of(ep, o));
+        }
         openblas_set_num_threads(blas_threads);
         return;
     }
     const int chunk = conv_chunk(s);
-    /* one image at a time writes in place, on top of the bias filled first */
+    /* one image at a time writes in place, then gets its epilogue */
     const bool in_place = chunk == 1;
-    if (in_place && bias != NULL)
-        fill_bias(out, bias, s->n, s->oc, ohw);
-    const float beta = in_place && bias != NULL ? 1.0f : 0.0f;
 
     for (int n0 = 0; n0 < s->n; n0 += chunk) {
         const int nb = DMCP_MIN(chunk, s->n - n0);
         const ptrdiff_t ldc = nb * ohw;
         const float *img = inp + (ptrdiff_t)n0 * s->c * hw;
         float *out_n = out + (ptrdiff_t)n0 * s->oc * ohw;
-        /* a chunk goes through res, then is scattered with its bias */
+        /* a chunk goes through res, then is scattered with its epilogue */
         float *res = in_place ? out_n : scratch + rows * ldc;
         const float *col = img;
         if (!(pointwise && chunk == 1)) {
@@ -258,10 +241,12 @@ static void conv_gemm_forward(float *out, const float *inp, const float *weight,
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ocg, (int)ldc, k,
                         1.0f, weight + (ptrdiff_t)g * ocg * ldw, ldw,
                         col + (ptrdiff_t)g * k * ldc, (int)ldc,
-                        beta, res + (ptrdiff_t)g * ocg * ldc, (int)ldc);
+                        0.0f, res + (ptrdiff_t)g * ocg * ldc, (int)ldc);
         }
         if (!in_place)
-            scatter_chunk(out_n, res, ldc, bias, nb, s->oc, ohw);
+            scatter_chunk(out_n, res, ldc, ep, nb, s->oc, ohw);
+        else if (ep != NULL)
+            conv_ep_images(out_n, ep, 1, s->oc, ohw);
     }
 }
 

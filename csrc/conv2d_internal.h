@@ -39,6 +39,7 @@
 #include <cblas.h>
 #include <omp.h>
 #include <limits.h>
+#include <math.h>
 #include <stdbool.h>
 #include <string.h>
 
@@ -63,6 +64,76 @@
 #else
 #define CONV_FMA_CONTRACT
 #endif
+
+/* The epilogue (conv2d.h) of one output channel: y = act(x*a + b), or
+ * x + b where there is no scale (a conv bias, added as it always was).  x*a + b
+ * is fused where the ISA has FMA, as batchnorm.c's eval pass computes it, so
+ * a folded BN gives what conv then BN gave. */
+typedef struct {
+    float a, b, hi;            /* scale, shift, activation cap (INFINITY: ReLU) */
+    bool scaled, act;
+} conv_chan_ep;
+
+#if defined(__FMA__) || !(defined(__x86_64__) || defined(__i386__))
+#define CONV_AFFINE(x, a, b) fmaf((x), (a), (b))
+#else
+#define CONV_AFFINE(x, a, b) ((x) * (a) + (b))
+#endif
+
+static inline conv_chan_ep conv_ep_of(const conv_epilogue *ep, int o)
+{
+    conv_chan_ep e = {1.0f, 0.0f, INFINITY, false, false};
+    if (ep != NULL) {
+        e.scaled = ep->scale != NULL;
+        e.a = e.scaled ? ep->scale[o] : 1.0f;
+        e.b = ep->shift != NULL ? ep->shift[o] : 0.0f;
+        e.act = ep->act >= 0.0f;
+        e.hi = ep->act > 0.0f ? ep->act : INFINITY;
+    }
+    return e;
+}
+
+/* dst[i] = epilogue(src[i]) for one channel's run; dst may be src. */
+static inline void conv_ep_row(float *dst, const float *src, ptrdiff_t len, conv_chan_ep e)
+{
+    if (e.act) {
+        const float a = e.a, b = e.b, hi = e.hi;
+        if (e.scaled) {
+            #pragma omp simd
+            for (ptrdiff_t i = 0; i < len; i++) {
+                float z = CONV_AFFINE(src[i], a, b);
+                z = z > 0.0f ? z : 0.0f;          /* not fmaxf/fminf: those do not vectorise */
+                dst[i] = z < hi ? z : hi;
+            }
+        } else {
+            #pragma omp simd
+            for (ptrdiff_t i = 0; i < len; i++) {
+                float z = src[i] + b;
+                z = z > 0.0f ? z : 0.0f;
+                dst[i] = z < hi ? z : hi;
+            }
+        }
+    } else if (e.scaled) {
+        const float a = e.a, b = e.b;
+        #pragma omp simd
+        for (ptrdiff_t i = 0; i < len; i++)
+            dst[i] = CONV_AFFINE(src[i], a, b);
+    } else {
+        const float b = e.b;
+        #pragma omp simd
+        for (ptrdiff_t i = 0; i < len; i++)
+            dst[i] = src[i] + b;
+    }
+}
+
+/* The epilogue over nb images' (oc, ohw) outputs in place. */
+static void conv_ep_images(float *x, const conv_epilogue *ep, int nb, int oc, ptrdiff_t ohw)
+{
+    const ptrdiff_t jobs = (ptrdiff_t)nb * oc;
+    #pragma omp parallel for schedule(static) if (jobs * ohw > CONV_PAR_MIN)
+    for (ptrdiff_t j = 0; j < jobs; j++)
+        conv_ep_row(x + j * ohw, x + j * ohw, ohw, conv_ep_of(ep, (int)(j % oc)));
+}
 
 /* Zero-padded, phase-split planes and the output grid that reads them. */
 typedef struct {
@@ -96,7 +167,7 @@ static inline int slot_start(int i, int slots, int n) { return (int)((long long)
 /* conv2d_gemm.c */
 static size_t conv_gemm_scratch(const conv_shape *s);
 static void conv_gemm_forward(float *out, const float *inp, const float *weight,
-                              const float *bias, const conv_shape *s, float *scratch);
+                              const conv_epilogue *ep, const conv_shape *s, float *scratch);
 static void conv_gemm_backward(float *dinp, float *dweight, const float *dout,
                                const float *inp, const float *weight,
                                const conv_shape *s, float *scratch);
@@ -114,7 +185,7 @@ static void linear_offsets(int *off, int n, int step);
 static void pad_planes(float *dst, const float *src, int np, int h, int w, const pad_grid *g,
                        const conv_shape *s, bool zero);
 static void conv_tiled_forward(float *out, const float *inp, const float *weight,
-                               const float *bias, const conv_shape *s, const conv_tiling *t,
+                               const conv_epilogue *ep, const conv_shape *s, const conv_tiling *t,
                                float *scratch);
 static void conv_tiled_backward(float *dinp, float *dweight, const float *dout,
                                 const float *inp, const float *weight,
@@ -124,7 +195,7 @@ static void conv_tiled_backward(float *dinp, float *dweight, const float *dout,
 static bool conv_is_dw_direct(const conv_shape *s);
 static ptrdiff_t dw_scratch(const conv_shape *s);
 static void dw_forward(float *out, const float *inp, const float *weight,
-                       const float *bias, const conv_shape *s, float *scratch);
+                       const conv_epilogue *ep, const conv_shape *s, float *scratch);
 static void dw_backward(float *dinp, float *dweight, const float *dout,
                         const float *inp, const float *weight, const conv_shape *s,
                         float *scratch);
@@ -134,7 +205,7 @@ static bool conv_is_wino(const conv_shape *s);
 static bool conv_is_wino_dw(const conv_shape *s);
 static bool conv_use_wino(const conv_shape *s, int pass);
 static size_t wino_scratch(const conv_shape *s);
-static void wino_forward(float *out, const float *inp, const float *weight, const float *bias,
+static void wino_forward(float *out, const float *inp, const float *weight, const conv_epilogue *ep,
                          const conv_shape *s, float *scratch);
 static void wino_backward_data(float *dinp, const float *dout, const float *weight,
                                const conv_shape *s, float *scratch);

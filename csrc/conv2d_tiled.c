@@ -269,7 +269,7 @@ static void tap_offsets(int *off, int np, const pad_grid *g, const conv_shape *s
 }
 
 static void tiled_forward_slot(float *o, const float *img, int nb, const float *wpack,
-                               const float *bias, const conv_shape *s, const conv_tiling *t,
+                               const conv_epilogue *ep, const conv_shape *s, const conv_tiling *t,
                                float *src, float *res)
 {
     const pad_grid *g = &t->fg;
@@ -286,14 +286,10 @@ static void tiled_forward_slot(float *o, const float *img, int nb, const float *
                           t->ocpad, t->k, src + (ptrdiff_t)oy0 * g->wq, boff);
                 for (int oo = 0; oo < t->ocg; oo++) {
                     const int oc_i = gi * t->ocg + oo;
-                    const float bv = bias != NULL ? bias[oc_i] : 0.0f;
-                    for (int y = 0; y < rows; y++) {
-                        float *restrict dst = o + ((ptrdiff_t)b * s->oc + oc_i) * ohw
-                                            + (ptrdiff_t)(oy0 + y) * s->ow;
-                        const float *restrict sr = res + (ptrdiff_t)oo * g->ntp + (ptrdiff_t)y * g->wq;
-                        for (int x = 0; x < s->ow; x++)
-                            dst[x] = sr[x] + bv;
-                    }
+                    const conv_chan_ep e = conv_ep_of(ep, oc_i);
+                    for (int y = 0; y < rows; y++)
+                        conv_ep_row(o + ((ptrdiff_t)b * s->oc + oc_i) * ohw + (ptrdiff_t)(oy0 + y) * s->ow,
+                                    res + (ptrdiff_t)oo * g->ntp + (ptrdiff_t)y * g->wq, s->ow, e);
                 }
             }
         }
@@ -370,8 +366,8 @@ static void tiled_backward_slot(float *dimg, float *dwt, const float *dy, const 
 
 
 static void conv_tiled_forward(float *out, const float *inp, const float *weight,
-                               const float *bias, const conv_shape *s, const conv_tiling *t,
-                               float *scratch)
+                               const conv_epilogue *ep, const conv_shape *s,
+                               const conv_tiling *t, float *scratch)
 {
     const int ldw = s->w_cin_full * s->kh * s->kw;
     const ptrdiff_t hw = (ptrdiff_t)s->h * s->w, ohw = (ptrdiff_t)s->oh * s->ow;
@@ -391,7 +387,7 @@ static void conv_tiled_forward(float *out, const float *inp, const float *weight
         float *src = scratch + t->wpack + i * per_slot, *res = src + t->src + t->pan;
         const int n0 = slot_start(i, t->slots, s->n), nb = slot_start(i + 1, t->slots, s->n) - n0;
         tiled_forward_slot(out + (ptrdiff_t)n0 * s->oc * ohw, inp + (ptrdiff_t)n0 * s->c * hw,
-                           nb, wpack, bias, s, t, src, res);
+                           nb, wpack, ep, s, t, src, res);
     }
 }
 

@@ -215,16 +215,16 @@ static void wino_inputs(float *V, const float *in, const wino_geom *g, ptrdiff_t
     }
 }
 
-/* out (=|+=) A^T M A [+ bias] for tiles t0 .. t0 + cnt: a row of tiles at a
+/* out (=|+=) A^T M A (=: then the epilogue ep) for tiles t0 .. t0 + cnt: a row of tiles at a
  * time into two full output rows on the stack, then copied (added) cropped. */
-static void wino_outputs(float *out, const float *M, const float *bias, const wino_geom *g,
+static void wino_outputs(float *out, const float *M, const conv_epilogue *ep, const wino_geom *g,
                          ptrdiff_t t0, int cnt, bool add)
 {
     const ptrdiff_t plane = (ptrdiff_t)g->rp * g->tb;
     float rows[2][WINO_MAX_ROW], quad[4][WINO_MAX_ROW / 2];
     for (int r = 0; r < g->r; r++) {
         const float *m = M + (ptrdiff_t)r * g->tb;
-        const float bv = bias != NULL ? bias[r] : 0.0f;
+        const conv_chan_ep e = conv_ep_of(ep, r);
         for (ptrdiff_t t = t0; t < t0 + cnt;) {
             const wino_run run = wino_run_at(g, t, t0 + cnt);
             const int b = run.b, ty = run.ty, tx0 = run.tx0, tx1 = run.tx1, j0 = (int)(t - t0);
@@ -241,10 +241,10 @@ static void wino_outputs(float *out, const float *M, const float *bias, const wi
                     s2[0][x] = q[0][x] + q[1][x] + q[2][x];
                     s2[1][x] = q[1][x] - q[2][x] - q[3][x];
                 }
-                y00[j] = s2[0][0] + s2[0][1] + s2[0][2] + bv;
-                y01[j] = s2[0][1] - s2[0][2] - s2[0][3] + bv;
-                y10[j] = s2[1][0] + s2[1][1] + s2[1][2] + bv;
-                y11[j] = s2[1][1] - s2[1][2] - s2[1][3] + bv;
+                y00[j] = s2[0][0] + s2[0][1] + s2[0][2];
+                y01[j] = s2[0][1] - s2[0][2] - s2[0][3];
+                y10[j] = s2[1][0] + s2[1][1] + s2[1][2];
+                y11[j] = s2[1][1] - s2[1][2] - s2[1][3];
             }
             for (int j = 0; j < nt; j++) {        /* interleave the columns */
                 rows[0][2 * j] = y00[j];
@@ -257,11 +257,12 @@ static void wino_outputs(float *out, const float *M, const float *bias, const wi
             for (int a = 0; a < 2 && 2 * ty + a < g->oh; a++) {
                 float *restrict o = dst + (ptrdiff_t)(2 * ty + a) * g->ow + ox;
                 const float *restrict yr = rows[a];
-                if (add) {
+                if (add)
                     for (int x = 0; x < len; x++) o[x] += yr[x];
-                } else {
+                else if (ep != NULL)
+                    conv_ep_row(o, yr, len, e);
+                else
                     memcpy(o, yr, (size_t)len * sizeof *o);
-                }
             }
         }
     }
@@ -269,7 +270,7 @@ static void wino_outputs(float *out, const float *M, const float *bias, const wi
 
 /* out (=|+=) conv3x3(in) with U from wino_weights; work: one block's V and M per
  * thread (at most CONV_SLOTS_MAX threads, as wino_scratch counted them). */
-static void wino_conv(float *out, const float *in, const float *U, const float *bias,
+static void wino_conv(float *out, const float *in, const float *U, const conv_epilogue *ep,
                       const wino_geom *g, bool add, float *work)
 {
     const ptrdiff_t tiles = (ptrdiff_t)g->n * g->th * g->tw;
@@ -298,7 +299,7 @@ static void wino_conv(float *out, const float *in, const float *U, const float *
                         conv_kernel(g->k, u + (ptrdiff_t)i0 * g->k, aoff, v + jp, boff,
                                     m + (ptrdiff_t)i0 * g->tb + jp, g->tb, false);
             }
-            wino_outputs(out, M, bias, g, t0, cnt, add);
+            wino_outputs(out, M, ep, g, t0, cnt, add);
         }
     }
 }
@@ -310,12 +311,12 @@ static wino_geom wino_geom_of(int n, int k, int h, int w, int r, int oh, int ow,
     return g;
 }
 
-static void wino_forward(float *out, const float *inp, const float *weight, const float *bias,
+static void wino_forward(float *out, const float *inp, const float *weight, const conv_epilogue *ep,
                          const conv_shape *s, float *scratch)
 {
     const wino_geom g = wino_geom_of(s->n, s->c, s->h, s->w, s->oc, s->oh, s->ow, s->ph, s->pw);
     wino_weights(scratch, weight, s->w_cin_full * 9, g.r, g.rp, g.k, false);
-    wino_conv(out, inp, scratch, bias, &g, false, scratch + (ptrdiff_t)16 * g.rp * g.k);
+    wino_conv(out, inp, scratch, ep, &g, false, scratch + (ptrdiff_t)16 * g.rp * g.k);
 }
 
 /* dinp (N, c, H, W) += conv3x3(dout, flipped W^T), padding 2 - p. */

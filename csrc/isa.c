@@ -82,9 +82,9 @@ dmcp_status conv2d_shape_finish(conv_shape *s) { return conv2d_shape_finish_base
 size_t conv2d_scratch_floats(const conv_shape *s) { return conv2d_scratch_floats_variants[dmcp_isa](s); }
 
 dmcp_status conv2d_forward_naive(float *out, const float *inp, const float *weight,
-                                 const float *bias, const conv_shape *s)
+                                 const conv_epilogue *ep, const conv_shape *s)
 {
-    return conv2d_forward_naive_base(out, inp, weight, bias, s);
+    return conv2d_forward_naive_base(out, inp, weight, ep, s);
 }
 
 dmcp_status conv2d_backward_naive(float *dinp, float *dweight, float *dbias,
@@ -95,9 +95,9 @@ dmcp_status conv2d_backward_naive(float *dinp, float *dweight, float *dbias,
 }
 
 dmcp_status conv2d_forward(float *out, const float *inp, const float *weight,
-                           const float *bias, const conv_shape *s, float *scratch)
+                           const conv_epilogue *ep, const conv_shape *s, float *scratch)
 {
-    return conv2d_forward_variants[dmcp_isa](out, inp, weight, bias, s, scratch);
+    return conv2d_forward_variants[dmcp_isa](out, inp, weight, ep, s, scratch);
 }
 
 dmcp_status conv2d_backward(float *dinp, float *dweight, float *dbias,

@@ -271,24 +271,35 @@ static int conv_shape_from(conv_shape *s, const arr_arg *inp, const arr_arg *wei
     return 1;
 }
 
-static PyObject *conv_forward_impl(PyObject *args, const char *FN, int naive)
+static int parse_act(const char *fn, PyObject *o_act, float *act);
+
+/* bias is the epilogue's shift: a conv bias, or with scale a folded eval-mode BN */
+static PyObject *conv_forward_impl(PyObject *args, PyObject *kw, const char *FN, int naive)
 {
+    static char *kwlist[] = {"out", "inp", "weight", "bias", "sh", "sw", "ph", "pw", "dh", "dw",
+                             "groups", "scale", "act", NULL};
     arr_arg out = F32(out, 4, ARG_OUT), inp = F32(inp, 4, 0), w = F32(weight, 4, 0),
-            b = F32(bias, 1, ARG_OPT);
+            b = F32(bias, 1, ARG_OPT), sc = F32(scale, 1, ARG_OPT);
+    PyObject *o_act = NULL;
     int g[7];
     conv_shape s;
-    if (!PyArg_ParseTuple(args, "O&O&O&O&iiiiiii", A(out), A(inp), A(w), A(b), &g[0], &g[1],
-                          &g[2], &g[3], &g[4], &g[5], &g[6]) ||
-        !conv_shape_from(&s, &inp, &w, &out, g) || !check_len(&b, s.oc))
+    conv_epilogue ep;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&O&O&iiiiiii|$O&O", kwlist, A(out), A(inp),
+                                     A(w), A(b), &g[0], &g[1], &g[2], &g[3], &g[4], &g[5], &g[6],
+                                     A(sc), &o_act) ||
+        !conv_shape_from(&s, &inp, &w, &out, g) || !check_len(&b, s.oc) ||
+        !check_len(&sc, s.oc) || !parse_act(FN, o_act, &ep.act))
         return NULL;
+    ep.scale = DATA(sc);
+    ep.shift = DATA(b);
     dmcp_status st;
     Py_BEGIN_ALLOW_THREADS
     if (naive) {
-        st = conv2d_forward_naive(DATA(out), DATA(inp), DATA(w), DATA(b), &s);
+        st = conv2d_forward_naive(DATA(out), DATA(inp), DATA(w), &ep, &s);
     } else {
         int got;
         float *scr = scratch_acquire(conv2d_scratch_floats(&s), &got);
-        st = got ? conv2d_forward(DATA(out), DATA(inp), DATA(w), DATA(b), &s, scr)
+        st = got ? conv2d_forward(DATA(out), DATA(inp), DATA(w), &ep, &s, scr)
                  : DMCP_ERR_NOMEM;
         scratch_release();
     }
@@ -328,10 +339,10 @@ static PyObject *conv_backward_impl(PyObject *args, const char *FN, int naive)
     return done(st, FN);
 }
 
-static PyObject *py_conv2d_forward(PyObject *self, PyObject *args)
-{ return conv_forward_impl(args, "conv2d_forward", 0); }
-static PyObject *py_conv2d_forward_naive(PyObject *self, PyObject *args)
-{ return conv_forward_impl(args, "conv2d_forward_naive", 1); }
+static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kw)
+{ return conv_forward_impl(args, kw, "conv2d_forward", 0); }
+static PyObject *py_conv2d_forward_naive(PyObject *self, PyObject *args, PyObject *kw)
+{ return conv_forward_impl(args, kw, "conv2d_forward_naive", 1); }
 static PyObject *py_conv2d_backward(PyObject *self, PyObject *args)
 { return conv_backward_impl(args, "conv2d_backward", 0); }
 static PyObject *py_conv2d_backward_naive(PyObject *self, PyObject *args)
@@ -1250,9 +1261,13 @@ static PyMethodDef methods[] = {
     {"set_isa", py_set_isa, METH_O,
      "set_isa(name) -> str: run the kernels built for 'base', 'avx2' or 'avx512' (ValueError "
      "when the CPU lacks it); `import dmcp` picks the best, or DMCP_ISA"},
-    {"conv2d_forward", py_conv2d_forward, METH_VARARGS,
-     "conv2d_forward(out, inp, weight, bias, sh, sw, ph, pw, dh, dw, groups)"},
-    {"conv2d_forward_naive", py_conv2d_forward_naive, METH_VARARGS, "direct-loop conv2d_forward"},
+    {"conv2d_forward", (PyCFunction)(void (*)(void))py_conv2d_forward,
+     METH_VARARGS | METH_KEYWORDS,
+     "conv2d_forward(out, inp, weight, bias, sh, sw, ph, pw, dh, dw, groups, *, scale=None, "
+     "act=None): out = act(conv * scale + bias) per output channel (scale and bias may be "
+     "None; with scale, an eval-mode BN folded in); act 0 ReLU, act > 0 ReLU capped at act"},
+    {"conv2d_forward_naive", (PyCFunction)(void (*)(void))py_conv2d_forward_naive,
+     METH_VARARGS | METH_KEYWORDS, "direct-loop conv2d_forward"},
     {"conv2d_backward", py_conv2d_backward, METH_VARARGS,
      "conv2d_backward(dinp, dweight, dbias, dout, inp, weight, sh, sw, ph, pw, dh, dw, groups, "
      "accumulate=True); accumulates, or with accumulate False overwrites dinp"},

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _C
 from .nn import (BatchNorm2d, Conv2d, CrossEntropyLoss, GlobalAvgPool, Linear, MaxPool2d, Module,
-                 SyncBatchNorm2d, _f32)
+                 SyncBatchNorm2d, _f32, is_grad_enabled)
 from .config import _did_you_mean, build, check_keys, strip_scope
 from .units import ChannelUnit, UserError, make_divisible
 
@@ -35,10 +35,24 @@ class NormGateAct(Module):
     def backward(self, dout):
         return self._bn.backward(dout)
 
+    def folds_into(self, conv):
+        """Whether inference may fold this into ``conv``'s output pass: BN in eval
+        mode, the gate off, and no backward to follow (under nn.no_grad)."""
+        return (not is_grad_enabled() and not self._bn.training and not self._unit.gate_on
+                and isinstance(conv, Conv2d))
+
 
 def _forward(ops, x):
-    for op in ops:
-        x = op.forward(x)
+    i = 0
+    while i < len(ops):
+        op, nxt = ops[i], ops[i + 1] if i + 1 < len(ops) else None
+        if isinstance(nxt, NormGateAct) and nxt.folds_into(op):
+            x = op.forward(x, op.folded_bn(nxt._bn, x.shape[1], nxt._act))
+            nxt._bn._cache = None
+            i += 2
+        else:
+            x = op.forward(x)
+            i += 1
     return x
 
 

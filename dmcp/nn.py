@@ -3,6 +3,8 @@ into ``dmcp._C``.
 
 A layer's ``forward(x)`` keeps what its backward needs; ``backward(dout)``
 accumulates parameter gradients into ``.grad`` and returns the input gradient.
+Inside ``with no_grad():`` forwards keep nothing for backward and, for layers
+in eval mode, run each conv and the BN (and activation) after it as one pass.
 Channel slicing: a layer runs on the channels its input carries and on its
 first ``out_active`` outputs, so any subnet of a supernet runs on the full
 weights without copies.
@@ -10,6 +12,38 @@ weights without copies.
 import numpy as np
 
 from . import _C
+
+
+class _Grad:
+    enabled = True
+
+
+class no_grad:
+    """``with dmcp.nn.no_grad():`` as PyTorch's: inference.  The forwards inside
+    keep nothing for backward (a backward after them raises), so activations
+    are freed as soon as the next layer has read them, and a conv followed by
+    an eval-mode BN runs with the BN folded into the conv's output pass."""
+
+    def __enter__(self):
+        self._prev, _Grad.enabled = _Grad.enabled, False
+        return self
+
+    def __exit__(self, *exc):
+        _Grad.enabled = self._prev
+        return False
+
+
+def is_grad_enabled():
+    return _Grad.enabled
+
+
+def _kept(cache, layer):
+    """What ``layer``'s forward kept for its backward, or a clear error when it kept
+    nothing (a forward under no_grad, or none yet)."""
+    if cache is None:
+        raise RuntimeError(f"{layer}.backward: its forward kept nothing for backward (it ran "
+                           f"under dmcp.nn.no_grad(), or has not run)")
+    return cache
 
 
 def _f32(x, name):
@@ -162,20 +196,36 @@ class Conv2d(Module):
         oc = c if self.depthwise else (self.out_active or self.out_channels)
         return (n, oc, oh, ow)
 
-    def forward(self, x):
+    def forward(self, x, epilogue=None):
+        """``epilogue`` (scale, shift, act), inference only: out = act(conv * scale + shift)
+        per output channel, shift replacing the bias (an eval-mode BN folded in)."""
         x = _f32(x, "Conv2d input")
         if x.ndim != 4:
             raise ValueError(f"Conv2d expects an (N, C, H, W) input, got shape {x.shape}")
         c, oc, groups = self._geometry(x)
         out = np.empty(self.out_shape(x.shape), dtype=np.float32)
-        _C.conv2d_forward(out, x, self.weight.data, None if self.bias is None else self.bias.data,
-                          *self.stride, *self.padding, *self.dilation, groups)
-        self._inp = x
+        scale, shift, act = epilogue or (None, None if self.bias is None else self.bias.data, None)
+        _C.conv2d_forward(out, x, self.weight.data, shift, *self.stride, *self.padding,
+                          *self.dilation, groups, scale=scale, act=act)
+        self._inp = x if _Grad.enabled else None
         self._out_hw = out.shape[2:]
         return out
 
+    def folded_bn(self, bn, c, act=None):
+        """(scale, shift, act) of eval-mode ``bn`` (and this conv's bias) for this
+        conv's outputs given ``c`` input channels: the epilogue of forward."""
+        oc = c if self.depthwise else (self.out_active or self.out_channels)
+        invstd = np.float32(1.0) / np.sqrt(bn.running_var[:oc] + np.float32(bn.eps))
+        scale = invstd if bn.weight is None else bn.weight.data[:oc] * invstd
+        shift = -(bn.running_mean[:oc] * scale)
+        if bn.bias is not None:
+            shift = bn.bias.data[:oc] - bn.running_mean[:oc] * scale
+        if self.bias is not None:
+            shift = shift + self.bias.data[:oc] * scale
+        return scale, shift, act
+
     def backward(self, dout, need_dinp=True):
-        x = self._inp
+        x = _kept(self._inp, "Conv2d")
         c, oc, groups = self._geometry(x)
         dinp = np.empty_like(x) if need_dinp else None      # overwritten (zeroed in C)
         _C.conv2d_backward(dinp, _grad(self.weight), _grad(self.bias),
@@ -235,11 +285,12 @@ class BatchNorm2d(Module):
             # float32 arithmetic, as the kernel's, so backward sees the forward's exact values
             invstd = np.float32(1.0) / np.sqrt(self.running_var[:c] + np.float32(self.eps))
         # beta is read again in backward: the gate and activation depend on it
-        self._cache = (x, mean, invstd, self.training, dict(epilogue, dP=dP))
+        self._cache = (x, mean, invstd, self.training, dict(epilogue, dP=dP)) \
+            if _Grad.enabled else None
         return out
 
     def backward(self, dout):
-        x, mean, invstd, train, epilogue = self._cache
+        x, mean, invstd, train, epilogue = _kept(self._cache, type(self).__name__)
         dinp = np.empty_like(x)
         _C.batchnorm_backward(dinp, _grad(self.weight), _grad(self.bias),
                               _f32(dout, "BatchNorm2d dout"), x, mean, invstd,
@@ -289,7 +340,7 @@ class SyncBatchNorm2d(BatchNorm2d):
             self.running_var[:c] = (1 - m) * self.running_var[:c] + m * unbiased
             self.num_batches_tracked += 1
         invstd = np.float32(1.0) / np.sqrt(var + np.float32(self.eps))
-        self._cache = (x, mean, invstd, True, dict(epilogue, dP=dP))
+        self._cache = (x, mean, invstd, True, dict(epilogue, dP=dP)) if _Grad.enabled else None
         self._sync = (group, count)
         return out
 
@@ -402,13 +453,14 @@ class Linear(Module):
         x = _f32(x, "Linear input")
         out = np.empty((x.shape[0], self.out_active or self.out_features), np.float32)
         _C.linear_forward(out, x, self.weight.data, None if self.bias is None else self.bias.data)
-        self._inp = x
+        self._inp = x if _Grad.enabled else None
         return out
 
     def backward(self, dout, need_dinp=True):
-        dinp = np.zeros_like(self._inp) if need_dinp else None
+        x = _kept(self._inp, "Linear")
+        dinp = np.zeros_like(x) if need_dinp else None
         _C.linear_backward(dinp, _grad(self.weight), _grad(self.bias),
-                           _f32(dout, "Linear dout"), self._inp, self.weight.data)
+                           _f32(dout, "Linear dout"), x, self.weight.data)
         return dinp
 
 

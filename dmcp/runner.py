@@ -13,7 +13,7 @@ import numpy as np
 
 from . import algorithm
 from .algorithm import DMCP, build_algorithm_model
-from .nn import BatchNorm2d
+from .nn import BatchNorm2d, no_grad
 from .checkpoint import read_checkpoint, resume_training, save_training
 from .config import build, check_keys
 from .optim import LRSchedule, build_optimizer, param_groups
@@ -415,7 +415,8 @@ class Runner:
         total = 0
         n = len(loader)
         for b, (x, y) in enumerate(loader):
-            logits = net.forward(x)
+            with no_grad():
+                logits = net.forward(x)
             kmax = min(max(topk), logits.shape[1])
             top = np.argpartition(-logits, kmax - 1, axis=1)[:, :kmax]
             order = np.argsort(-np.take_along_axis(logits, top, 1), axis=1)
@@ -444,7 +445,8 @@ class Runner:
                 break
             for m in bns:
                 m.momentum = 1.0 / (i + 1)
-            self.net.forward(x)
+            with no_grad():
+                self.net.forward(x)
         for m, (mom, *_) in zip(bns, saved):
             m.momentum = mom
         return bns, saved

@@ -146,6 +146,75 @@ def test_conv2d_matches_naive(name, rng, close, isa):
         close(g, r, f"conv2d vs naive {label}", rtol=1e-5, atol=1e-6)
 
 
+# the output epilogue: (scale, shift, act) of conv2d_forward
+EPILOGUES = {"bias_relu": (False, True, 0.0), "bn": (True, True, None),
+             "bn_relu6": (True, True, 6.0), "scale_relu": (True, False, 0.0)}
+
+
+def epilogue_data(rng, oc, kind):
+    scaled, shifted, act = EPILOGUES[kind]
+    scale = (rng.uniform(0.2, 2.0, oc) * rng.choice([-1.0, 1.0], oc)).astype(f32) if scaled else None
+    shift = randn(rng, oc) if shifted else None
+    return scale, shift, act
+
+
+@pytest.mark.parametrize("kind", list(EPILOGUES))
+@pytest.mark.parametrize("name", list(CONV_CASES))
+def test_conv2d_epilogue_vs_torch(name, kind, rng, close, isa):
+    """Every path (depthwise, Winograd, tiled, the GEMMs in place, per image and
+    in chunks) applies act(conv * scale + shift) as it writes; so does _naive."""
+    cs = CONV_CASES[name]
+    x, wt, _, _ = conv_data(rng, cs, False)
+    scale, shift, act = epilogue_data(rng, cs["oc"], kind)
+    y = F.conv2d(T(x), T(wt), None, cs["stride"], cs["pad"], cs["dil"], cs["groups"])
+    if scale is not None:
+        y = y * T(scale)[:, None, None]
+    if shift is not None:
+        y = y + T(shift)[:, None, None]
+    if act is not None:
+        y = y.clamp(0.0, act if act > 0 else None)
+    for fwd in (C.conv2d_forward, C.conv2d_forward_naive):
+        out = np.full((cs["n"], cs["oc"], *conv_out_hw(cs)), np.nan, f32)
+        fwd(out, x, wt, shift, *conv_args(cs), scale=scale, act=act)
+        close(out, npy(y), "conv2d epilogue")
+
+
+@pytest.mark.parametrize("act", [None, 0.0, 6.0], ids=["noact", "relu", "relu6"])
+@pytest.mark.parametrize("name", ["3x3", "1x1_direct", "1x1_b1", "dw3x3_s2", "wino_odd",
+                                  "g2_3x3_chunked"])
+def test_conv2d_folded_bn_equals_conv_then_bn(name, act, rng, close, isa):
+    """A conv with an eval-mode BN folded into its epilogue (scale, shift as
+    dmcp.models computes them) gives what the conv and then BN's eval pass give."""
+    cs = CONV_CASES[name]
+    x, wt, _, _ = conv_data(rng, cs, False)
+    oc = cs["oc"]
+    gamma, beta, mean = randn(rng, oc), randn(rng, oc), randn(rng, oc)
+    var, eps = rng.uniform(0.5, 2.0, oc).astype(f32), 1e-5
+    conv = np.empty((cs["n"], oc, *conv_out_hw(cs)), f32)
+    C.conv2d_forward(conv, x, wt, None, *conv_args(cs))
+    want = np.empty_like(conv)
+    C.batchnorm_forward_eval(want, conv, gamma, beta, mean, var, eps, act=act)
+    scale = gamma * (f32(1.0) / np.sqrt(var + f32(eps)))
+    shift = beta - mean * scale
+    got = np.full_like(conv, np.nan)
+    C.conv2d_forward(got, x, wt, shift, *conv_args(cs), scale=scale, act=act)
+    close(got, want, "conv2d folded BN vs conv + BN", rtol=1e-6, atol=1e-7)
+
+
+def test_conv2d_epilogue_bad_input(rng):
+    cs = CONV_CASES["3x3"]
+    x, wt, b, _ = conv_data(rng, cs, True)
+    out = np.empty((cs["n"], cs["oc"], *conv_out_hw(cs)), f32)
+    with pytest.raises(ValueError, match="scale"):
+        C.conv2d_forward(out, x, wt, b, *conv_args(cs), scale=np.ones(cs["oc"] - 1, f32))
+    with pytest.raises(TypeError, match="scale"):
+        C.conv2d_forward(out, x, wt, b, *conv_args(cs), scale=np.ones(cs["oc"], np.float64))
+    with pytest.raises(ValueError, match="act"):
+        C.conv2d_forward(out, x, wt, b, *conv_args(cs), act=-1.0)
+    with pytest.raises(TypeError):
+        C.conv2d_forward(out, x, wt, b, *conv_args(cs), np.ones(cs["oc"], f32))   # keyword only
+
+
 @pytest.mark.parametrize("naive", [False, True], ids=["fast", "naive"])
 @pytest.mark.parametrize("name", ["3x3_s2_odd", "1x1_b1", "dw3x3", "g2_3x3"])
 def test_conv2d_backward_accumulates(name, naive, rng, close, isa):

@@ -10,6 +10,7 @@ so tests/test_units.py reuses them.
 import collections
 import contextlib
 import functools
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -496,6 +497,83 @@ def test_backward_accumulates(pairs, close):
     model.backward(dl)
     for n, p in model.named_parameters():
         close(p.grad, 2 * once[n], "backward accumulates", rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "mbv2", "cifar20"])
+def test_no_grad_eval_folds_bn_and_matches_pytorch(arch, pairs, close):
+    """Under nn.no_grad an eval-mode model runs each conv with its BN and
+    activation folded into the conv's output pass: the logits match PyTorch
+    and the unfolded eval forward (bit for bit: the fold computes BN's own
+    coefficients), on the full net and on a subnet."""
+    model, ref = pairs(arch)
+    copy_to_ref(model, ref)
+    model.eval()
+    ref.eval()
+    rng = np.random.default_rng(13)
+    s = SIZES[arch]
+    x = rng.normal(0.0, 1.0, (3, IN_CHANNELS[arch], s, s)).astype(np.float32)
+    plain = model(x)
+    calls = []
+    orig = dmcp.nn.BatchNorm2d.forward
+    with mock.patch.object(dmcp.nn.BatchNorm2d, "forward",
+                           lambda self, *a, **k: calls.append(1) or orig(self, *a, **k)):
+        with dmcp.nn.no_grad():
+            folded = model(x)
+    assert calls == [], "a BN ran as its own pass under no_grad in eval mode"
+    np.testing.assert_array_equal(folded, plain)
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x.astype(np.float64))).numpy()
+    close(folded, want, f"{arch} no_grad eval logits", rtol=EVAL_RTOL, atol=1e-6)
+    mut = dmcp.Mutator(model, (0.1, 1.0, 0.1), "sigmoid")
+    try:
+        mut.set_widths("random", rng=np.random.default_rng(21))
+        half = model(x)
+        with dmcp.nn.no_grad():
+            np.testing.assert_array_equal(model(x), half)
+    finally:
+        mut.set_widths("max")
+
+
+def test_no_grad_keeps_nothing_and_train_mode_bn_is_not_folded(pairs, close):
+    """A backward after a no_grad forward raises (nothing was kept), the mode
+    is restored on leaving the block, even by an exception, and train-mode BN
+    and gated units are not folded (they still give the plain forward's result)."""
+    model, _ = pairs("cifar20")
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 1, 12, 12)).astype(np.float32)
+    dl = rng.normal(size=(2, 10)).astype(np.float32)
+    model.eval()
+    with dmcp.nn.no_grad():
+        assert not dmcp.nn.is_grad_enabled()
+        model(x)
+    assert dmcp.nn.is_grad_enabled()
+    with pytest.raises(RuntimeError, match="no_grad"):
+        model.backward(dl)
+    with pytest.raises(ValueError):
+        with dmcp.nn.no_grad():
+            raise ValueError("inside")
+    assert dmcp.nn.is_grad_enabled()
+    # gates on (the architecture step's forward): BN runs with its gate, not folded
+    mut = dmcp.Mutator(model, (0.1, 1.0, 0.1), "sigmoid")
+    mut.set_gates(True)
+    try:
+        gated = model(x)
+        with dmcp.nn.no_grad():
+            np.testing.assert_array_equal(model(x), gated)
+    finally:
+        mut.set_gates(False)
+    # train mode: BN uses batch statistics and updates its running ones once per forward
+    saved = {n: v.copy() for n, v in model.state_dict().items()}
+    model.train()
+    try:
+        want = model(x)
+        model.load_state_dict(saved)
+        with dmcp.nn.no_grad():
+            got = model(x)
+        np.testing.assert_array_equal(got, want)
+    finally:
+        model.load_state_dict(saved)
+        model.eval()
 
 
 # ---------------------------------------------------------------------------

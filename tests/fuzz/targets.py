@@ -452,7 +452,11 @@ def _conv(A, backward, naive):
     sizes = [sh, sw, ph, pw, dh, dw, groups]
     fn = ("conv2d_backward" if backward else "conv2d_forward") + ("_naive" if naive else "")
     if not backward:
-        return fn, [out, inp, wt, bias] + sizes, {}
+        kw = {}
+        if A.fdp.ConsumeBool():     # the output epilogue: a folded BN and activation
+            kw["scale"] = A.a((oc + A.dim(0, 1),)) if A.fdp.ConsumeBool() else None
+            kw["act"] = A.fdp.PickValueInList([0.0, 6.0, -1.0, math.nan, math.inf, None, "relu"])
+        return fn, [out, inp, wt, bias] + sizes, kw
     dinp = A.a(inp.shape) if A.fdp.ConsumeIntInRange(0, 3) else None
     dwt = A.a(wt.shape) if A.fdp.ConsumeIntInRange(0, 3) else None
     db = A.a((oc,)) if A.fdp.ConsumeBool() else None
