@@ -587,6 +587,8 @@ MAXPOOL_CASES = [  # n, c, h, w, k, s, p
     (2, 3, 8, 8, 3, 2, 1), (1, 2, 7, 9, 3, 2, 1), (2, 2, 8, 8, 2, 2, 0),
     (1, 3, 7, 7, 2, 2, 0), (2, 2, 5, 6, 3, 1, 1), (1, 1, 1, 1, 1, 1, 0),
     (1, 2, 4, 5, 2, 1, 1), (1, 2, 9, 9, 3, 3, 0),
+    # wide enough for maxpool_row's vectorised interior between the border columns
+    (3, 4, 17, 23, 3, 2, 1), (2, 3, 30, 31, 5, 2, 2), (1, 2, 2, 40, 3, 1, 1),
 ]
 
 
@@ -606,6 +608,22 @@ def test_maxpool2d_vs_torch(n, c, h, w, k, s, p, rng, close):
     C.maxpool2d_backward(dx, dout, am)
     y.backward(T(dout))
     close(dx, npy(xt.grad), "maxpool2d", rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["ties", "nan"])
+@pytest.mark.parametrize("n,c,h,w,k,s,p", MAXPOOL_CASES[-4:])
+def test_maxpool2d_ties_and_nan_pick_what_torch_picks(n, c, h, w, k, s, p, kind, rng):
+    """Among equal values the first tap (row-major) wins; a NaN takes the max
+    and a later NaN takes over, as in PyTorch's CPU kernel."""
+    x = np.round(rng.standard_normal((n, c, h, w))).astype(f32)     # many ties
+    if kind == "nan":
+        x[rng.random(x.shape) < 0.1] = np.nan
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    out, am = np.empty((n, c, oh, ow), f32), np.empty((n, c, oh, ow), np.int32)
+    C.maxpool2d_forward(out, am, x, k, s, p)
+    y, idx = F.max_pool2d(torch.from_numpy(x), k, s, p, return_indices=True)
+    np.testing.assert_array_equal(out, y.numpy())
+    np.testing.assert_array_equal(am, idx.numpy())
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 1, 1, 1), (3, 4, 7, 7), (1, 2, 1, 9)], ids=str)
