@@ -255,7 +255,7 @@ def main():
                                  flops["full"] / mf, full["b32"] / r["b32"], full["b1"] / r["b1"],
                                  err))
     print("\n| net | structure | MFLOPs | engine | b1 latency ms | b32 img/s | FLOPs ratio | "
-          f"b32 speed-up | b1 speed-up | speed-up / FLOPs ratio (b32) |")
+          "b32 speed-up | b1 speed-up | speed-up / FLOPs ratio (b32) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for net, variant, mf, engine, lat, thr, fr, s32, s1, err in rows:
         eff = f"{s32 / fr:.2f}" if variant != "full" else "-"

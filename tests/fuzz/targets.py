@@ -9,7 +9,6 @@ Used by run.py (under atheris) and by tests/test_fuzz.py (regression replay).
 """
 import ast
 import atexit
-import io
 import json
 import math
 import os
