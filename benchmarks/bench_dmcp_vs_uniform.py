@@ -5,7 +5,7 @@ from scratch with the same schedule, over several seeds, on Fashion-MNIST.
 
     python benchmarks/bench_dmcp_vs_uniform.py [--net resnet20|resnet56]
         [--budgets 0.5 0.25 0.12] [--seeds 0 1 2 3 4] [--retrain-images N]
-        [--work-dir DIR] [--report-only]
+        [--flop-loss-weight W] [--work-dir DIR] [--report-only]
 
 For each budget b (a fraction of the supernet's FLOPs):
 - DMCP: the supernet search of configs/dmcp_resnet20_fmnist_supernet.py (depth
@@ -22,7 +22,10 @@ repository) as it comes, with the searched structures beside it; a rerun
 skips what is there, so the experiment grows over sessions.  The report
 (stdout, RECORD/report_NET.md, benchmarks/dmcp_vs_uniform_NET.png) gives per budget the mean
 top-1 of each structure and the paired differences DMCP - uniform and
-DMCP - random with their standard errors.
+DMCP - random with their standard errors.  `--flop-loss-weight W` searches
+with that budget-loss weight instead of the config's 0.1 (an ablation): its
+structures, work dirs and results carry the weight and are reported as rows
+of their own.
 """
 import argparse
 import json
@@ -150,17 +153,24 @@ def load_results(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def search(space, net, budget, work_dir, search_images, record):
+def weight_tag(weight):
+    """The suffix that keeps an ablation's files apart ('' for the config's weight)."""
+    return "" if weight is None else f"_w{weight:g}"
+
+
+def search(space, net, budget, work_dir, search_images, record, weight=None):
     """The DMCP structure for this budget: the one recorded in `record` (the
     repository keeps them), else a supernet search, whose expected_ch.json is
     then recorded."""
-    kept = os.path.join(record, f"{net}_b{budget:g}_dmcp.json")
+    kept = os.path.join(record, f"{net}_b{budget:g}{weight_tag(weight)}_dmcp.json")
     out = os.path.join(work_dir, "search")
     fix = kept if os.path.exists(kept) else os.path.join(out, "model_sample", "expected_ch.json")
     if not os.path.exists(fix):
         target = budget * space.full / 1e6
         opts = net_options(net) + [f"model.target_flops={target:.4f}",
                                    f"train_dataloader.dataset.indices={search_images}"]
+        if weight is not None:
+            opts.append(f"model.flop_loss_weight={weight}")
         t0 = time.time()
         # an interrupted search continues from its last epoch's checkpoint
         again = "auto" if os.path.exists(os.path.join(out, "last_checkpoint")) else None
@@ -189,12 +199,13 @@ def run(args):
     results_path = os.path.join(args.record, "results.jsonl")
     os.makedirs(args.record, exist_ok=True)
     images = args.retrain_images or 60000
+    weight = args.flop_loss_weight
     done = {(r["net"], r["budget"], r["structure"], r["seed"]) for r in load_results(results_path)
-            if r["retrain_images"] == images}
+            if r["retrain_images"] == images and r.get("flop_loss_weight") == weight}
     plan = {}
     for budget in args.budgets:                 # every search first, then the seeds
-        bdir = os.path.join(args.work_dir, args.net, f"b{budget:g}")
-        widths, fix = search(space, args.net, budget, bdir, args.search_images, args.record)
+        bdir = os.path.join(args.work_dir, args.net, f"b{budget:g}{weight_tag(weight)}")
+        widths, fix = search(space, args.net, budget, bdir, args.search_images, args.record, weight)
         target = space.flops(widths)
         plan[budget] = (bdir, target, {"dmcp": (widths, target), "uniform": space.uniform(target)})
     for seed in args.seeds:
@@ -205,6 +216,7 @@ def run(args):
                     continue
                 w, f = structures[name] if name != "random" else space.random(target, seed)
                 path = os.path.join(bdir, f"{name}.json" if name != "random" else f"random_s{seed}.json")
+                os.makedirs(bdir, exist_ok=True)
                 with open(path, "w") as fh:
                     json.dump(space.export(w), fh, indent=1)
                 t0 = time.time()
@@ -215,9 +227,11 @@ def run(args):
                            retrain_images=images,
                            widths=[w[u.name] for u in space.mut.units],
                            seconds=round(time.time() - t0, 1))
+                if weight is not None:
+                    rec["flop_loss_weight"] = weight
                 with open(results_path, "a") as fh:
                     fh.write(json.dumps(rec) + "\n")
-                print(f"{args.net} b{budget:g} {name:7s} seed {seed}: {f / 1e6:.3f} MFLOPs "
+                print(f"{args.net} b{budget:g}{weight_tag(weight)} {name:7s} seed {seed}: {f / 1e6:.3f} MFLOPs "
                       f"top-1 {top1:.2f} ({rec['seconds']:.0f} s)", flush=True)
 
 
@@ -232,9 +246,11 @@ def report(args):
              "| budget | structure | MFLOPs | seeds | top-1 mean | std | paired diff. DMCP - this (mean +- s.e.) |",
              "|---|---|---|---|---|---|---|"]
     plot = {}
-    for budget in sorted({r["budget"] for r in recs}, reverse=True):
-        by = {s: {r["seed"]: r for r in recs if r["budget"] == budget and r["structure"] == s}
-              for s in STRUCTURES}
+    groups = {(r["budget"], r.get("flop_loss_weight")) for r in recs}
+    for budget, weight in sorted(groups, key=lambda g: (-g[0], g[1] is not None, g[1] or 0)):
+        mine = [r for r in recs if r["budget"] == budget and r.get("flop_loss_weight") == weight]
+        by = {s: {r["seed"]: r for r in mine if r["structure"] == s} for s in STRUCTURES}
+        label = f"{budget:.0%}" + ("" if weight is None else f" (loss weight {weight:g})")
         for s in STRUCTURES:
             runs = by[s]
             if not runs:
@@ -250,7 +266,7 @@ def report(args):
                 elif len(d):
                     diff = f"{d[0]:+.2f} (n=1)"
             std = acc.std(ddof=1) if len(acc) > 1 else 0.0
-            lines.append(f"| {budget:.0%} | {s} | {mf:.3f} | {len(acc)} | {acc.mean():.2f} | "
+            lines.append(f"| {label} | {s} | {mf:.3f} | {len(acc)} | {acc.mean():.2f} | "
                          f"{std:.2f} | {diff} |")
             plot.setdefault(s, []).append((mf, acc.mean(), std / np.sqrt(len(acc))))
     text = "\n".join(lines) + "\n"
@@ -300,6 +316,9 @@ def main():
     p.add_argument("--record", default=os.path.join(ROOT, "benchmarks", "dmcp_vs_uniform"),
                    help="what is kept in the repository: results.jsonl, the searched "
                         "structures, the report (a rerun continues from them)")
+    p.add_argument("--flop-loss-weight", type=float, default=None,
+                   help="search with this budget-loss weight (an ablation; default: the "
+                        "config's 0.1); its results are reported apart")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
     if not args.report_only:

@@ -483,10 +483,12 @@ class Runner:
 
 def write_samples(model, samples, out_dir, log, max_draws):
     """model_sample/: subnet_*.json, expected_ch.json and the two charts; a WARNING
-    when draws missed the window (their closest subnets are written all the same)."""
+    when draws or expected_ch missed the window (their subnets are written all the same)."""
     os.makedirs(out_dir, exist_ok=True)
     if samples["missed"]:
         log.warning(algorithm.missed_window_message(samples, max_draws))
+    if not samples.get("expected_in_window", True):
+        log.warning(algorithm.expected_off_target_message(samples))
     for name, (choice, flops) in samples["subnets"].items():
         with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
             json.dump(choice, f, indent=2)

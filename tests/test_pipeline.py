@@ -116,6 +116,8 @@ def test_a_search_that_misses_the_window_keeps_its_results(tmp_path):
     r = tool("tools/train.py", SUPERNET, "--work-dir", wd, "--cfg-options", *opts)
     assert "WARNING - DMCPSubnetHook: no direct sample within 5% of 0.05 MFLOPs" in r.stdout
     assert "tools/sample_subnets.py" in r.stdout
+    assert "WARNING - DMCPSubnetHook: expected_ch has" in r.stdout
+    assert "Raise model.flop_loss_weight" in r.stdout
     names = set(os.listdir(os.path.join(wd, "model_sample")))
     assert {"subnet_1.json", "subnet_2.json", "expected_ch.json", "unit_widths.png",
             "flops_histogram.png"} <= names, names
