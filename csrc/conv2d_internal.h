@@ -22,8 +22,9 @@
  *   Winograd F(2x2, 3x3) (conv2d_winograd.c; 3x3, stride 1, dilation 1,
  *     groups 1, at least WINO_MIN_CH channels each way): forward, backward-data
  *     and (more channels) backward-weight, ahead of the tiled path; in the
- *     AVX-512 variant only forward passes of 64+ channels on 14x14+ planes
- *     (conv_use_wino).
+ *     AVX-512 variant only forward passes of 64+ channels on 14x14+ planes.
+ *     F(4x4, 3x3) instead for forward and backward-data passes of 64+
+ *     channels each way over 192+ 4x4 tiles (conv_wino_m).
  *   _naive (conv2d.c): direct loops with double accumulators, the reference
  *     for tests.
  *
@@ -204,6 +205,7 @@ static void dw_backward(float *dinp, float *dweight, const float *dout,
 static bool conv_is_wino(const conv_shape *s);
 static bool conv_is_wino_dw(const conv_shape *s);
 static bool conv_use_wino(const conv_shape *s, int pass);
+static int conv_wino_m(const conv_shape *s, int pass);
 static size_t wino_scratch(const conv_shape *s);
 static void wino_forward(float *out, const float *inp, const float *weight, const conv_epilogue *ep,
                          const conv_shape *s, float *scratch);

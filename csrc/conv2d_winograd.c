@@ -16,9 +16,15 @@
  * K = oc, R = c.  The transforms only add and halve, so results differ from
  * the direct sums by float rounding (tests hold them to the naive kernel);
  * blocks depend on the shape only, so not on the thread count.
- * Taken when both channel counts are at least WINO_MIN_CH. */
+ * Taken when both channel counts are at least WINO_MIN_CH.
+ *
+ * F(4x4, 3x3) (wino4_*) is the same scheme with 6x6 input tiles and 36
+ * transformed points per 4x4 output tile: 36 products where direct sums take
+ * 144 (F(2x2): 16 for 36), for wide layers over many tiles (conv_wino_m).
+ * Forward and backward-data only; backward-weight stays F(2x2). */
 
 #define WINO_MAX_ROW 4096      /* widest padded row of tiles the stack buffers hold */
+#define WINO_TB_MAX 256        /* most tiles in a block (F(4x4)'s buffers live on the stack) */
 #ifndef WINO_MIN_CH
 #define WINO_MIN_CH 16
 #endif
@@ -47,7 +53,7 @@ static bool conv_is_wino(const conv_shape *s)
 #define WINO_MIN_TILES_DATA 384
 #endif
 
-/* Whether a Winograd pass (0 forward, 1 backward-data, 2 backward-weight)
+/* Whether an F(2x2) pass (0 forward, 1 backward-data, 2 backward-weight)
  * runs ahead of the tiled path or the SGEMMs for this shape.  Built for
  * AVX-512, the tiled micro-kernel (CONV_MR x 32 floats in twelve 16-float
  * registers) beats the transforms in every backward pass and in forward
@@ -55,7 +61,7 @@ static bool conv_is_wino(const conv_shape *s)
  * (ResNet-20 and ResNet-50 shapes), and OpenBLAS's AVX-512 SGEMMs beat the
  * backward-weight transforms where the tiled path cannot go (256 channels at
  * 14x14: 17 against 23 ms at batch 16). */
-static bool conv_use_wino(const conv_shape *s, int pass)
+static bool conv_use_wino2(const conv_shape *s, int pass)
 {
     if (!(pass == 2 ? conv_is_wino_dw(s) : conv_is_wino(s)))
         return false;
@@ -75,18 +81,55 @@ static bool conv_use_wino(const conv_shape *s, int pass)
     return true;
 }
 
-/* Tiles per block for K inputs and R outputs. */
-static int wino_block(int k, int r)
+/* F(4x4) takes a forward or backward-data pass of at least WINO4_MIN_CH
+ * channels each way over at least WINO4_MIN_TILES 4x4 tiles (forward tiles
+ * cover the output, backward-data tiles the input).  A sweep of ResNet-50's
+ * 3x3 layers at batch 1-32 and 64-channel layers at 7x7-56x56 on 2 threads,
+ * both ISA variants: F(4x4) led the other paths by 1.2-1.9x from about 196
+ * tiles (64@56 at batch 1, 256@14 at batch 16, 64@7 at batch 64); below that
+ * the transform of its 36 weight planes is not amortised (512@7 at batch 16:
+ * backward-data 0.75-0.95x), and with 16-32 channels its transforms cost more
+ * than they save (ResNet-20: 0.75-0.85x of the tiled path). */
+#ifndef WINO4_MIN_CH
+#define WINO4_MIN_CH 64
+#endif
+#ifndef WINO4_MIN_TILES
+#define WINO4_MIN_TILES 192
+#endif
+
+/* The output tile size of the Winograd pass (0 forward, 1 backward-data,
+ * 2 backward-weight) for this shape: 4, 2, or 0 where another path runs. */
+static int conv_wino_m(const conv_shape *s, int pass)
 {
-    const ptrdiff_t tb = WINO_BLOCK_FLOATS / ((ptrdiff_t)16 * (k + round_up(r, CONV_MR)));
-    return (int)DMCP_MAX(CONV_NR, DMCP_MIN(256, tb / CONV_NR * CONV_NR));
+    if (pass != 2 && conv_is_wino(s) && s->c >= WINO4_MIN_CH && s->oc >= WINO4_MIN_CH) {
+        const long long th = pass == 1 ? (s->h + 3) / 4 : (s->oh + 3) / 4;
+        const long long tw = pass == 1 ? (s->w + 3) / 4 : (s->ow + 3) / 4;
+        if (s->n * th * tw >= WINO4_MIN_TILES)
+            return 4;
+    }
+    return conv_use_wino2(s, pass) ? 2 : 0;
 }
 
-/* Floats of U plus one block's V and M, for R outputs from K inputs. */
+static bool conv_use_wino(const conv_shape *s, int pass)
+{
+    return conv_wino_m(s, pass) != 0;
+}
+
+/* Tiles per block for K inputs and R outputs, nx transformed points per tile. */
+static int wino_block(int k, int r, int nx)
+{
+    const ptrdiff_t tb = WINO_BLOCK_FLOATS / ((ptrdiff_t)nx * (k + round_up(r, CONV_MR)));
+    return (int)DMCP_MAX(CONV_NR, DMCP_MIN(WINO_TB_MAX, tb / CONV_NR * CONV_NR));
+}
+
+/* Floats of U plus one block's V and M, for R outputs from K inputs, either tile size. */
 static ptrdiff_t wino_floats(int k, int r, int threads)
 {
     const ptrdiff_t rp = round_up(r, CONV_MR);
-    return 16 * rp * k + (ptrdiff_t)threads * 16 * (k + rp) * wino_block(k, r);
+    ptrdiff_t most = 0;
+    for (int nx = 16; nx <= 36; nx += 20)
+        most = DMCP_MAX(most, nx * rp * k + (ptrdiff_t)threads * nx * (k + rp) * wino_block(k, r, nx));
+    return most;
 }
 
 static ptrdiff_t wino_dw_scratch(const conv_shape *s, int threads);
@@ -140,9 +183,10 @@ static void wino_weights(float *U, const float *weight, int ldw, int r_n, int rp
     }
 }
 
-/* Geometry of one Winograd conv: in (N, K, H, W) -> out (N, R, OH, OW). */
+/* Geometry of one Winograd conv F(m x m, 3x3): in (N, K, H, W) -> out (N, R, OH, OW),
+ * TH x TW tiles of m x m outputs per image, nx = (m + 2)^2 transformed points. */
 typedef struct {
-    int n, k, h, w, r, rp, oh, ow, ph, pw, th, tw, tb;
+    int n, k, h, w, r, rp, oh, ow, ph, pw, th, tw, tb, m, nx;
 } wino_geom;
 
 /* The run of tiles starting at block tile t, within a row of tiles: image b,
@@ -268,14 +312,208 @@ static void wino_outputs(float *out, const float *M, const conv_epilogue *ep, co
     }
 }
 
-/* out (=|+=) conv3x3(in) with U from wino_weights; work: one block's V and M per
- * thread (at most CONV_SLOTS_MAX threads, as wino_scratch counted them). */
+/* ---- F(4x4, 3x3): 6x6 input tiles, 36 products per 4x4 output tile (36 for
+ * 144 direct ones, against 16 for 36 in F(2x2)).  Interpolation points 0, +-1,
+ * +-2 and infinity; the transforms scale by up to 8 and 1/24, so results round
+ * a little further from the direct sums than F(2x2)'s (tests bound both). */
+
+/* U[xi][r][k] = (G g G^T)[xi], xi < 36, as wino_weights does for F(2x2). */
+static void wino4_weights(float *U, const float *weight, int ldw, int r_n, int rp, int k_n,
+                          bool flip)
+{
+    enum { KB = 64 };
+    const ptrdiff_t plane = (ptrdiff_t)rp * k_n;
+    #pragma omp parallel for schedule(static) if (plane * 36 > CONV_PAR_MIN)
+    for (int r = 0; r < rp; r++) {
+        for (int k0 = 0; k0 < k_n; k0 += KB) {
+            const int kb = DMCP_MIN(KB, k_n - k0);
+            float u[36][KB];
+            for (int j = 0; j < kb; j++) {
+                const int k = k0 + j;
+                float g[3][3] = {{0}}, t[6][3];
+                if (r < r_n) {
+                    const float *w = flip ? weight + (ptrdiff_t)k * ldw + r * 9
+                                          : weight + (ptrdiff_t)r * ldw + k * 9;
+                    for (int y = 0; y < 3; y++)
+                        for (int x = 0; x < 3; x++)
+                            g[y][x] = flip ? w[(2 - y) * 3 + (2 - x)] : w[y * 3 + x];
+                }
+                for (int x = 0; x < 3; x++) {     /* t = G g */
+                    const float a = g[0][x], b = g[1][x], c = g[2][x];
+                    t[0][x] = a * 0.25f;
+                    t[1][x] = -(a + b + c) * (1.0f / 6);
+                    t[2][x] = -(a - b + c) * (1.0f / 6);
+                    t[3][x] = a * (1.0f / 24) + b * (1.0f / 12) + c * (1.0f / 6);
+                    t[4][x] = a * (1.0f / 24) - b * (1.0f / 12) + c * (1.0f / 6);
+                    t[5][x] = c;
+                }
+                for (int y = 0; y < 6; y++) {     /* U = t G^T */
+                    const float a = t[y][0], b = t[y][1], c = t[y][2];
+                    u[y * 6 + 0][j] = a * 0.25f;
+                    u[y * 6 + 1][j] = -(a + b + c) * (1.0f / 6);
+                    u[y * 6 + 2][j] = -(a - b + c) * (1.0f / 6);
+                    u[y * 6 + 3][j] = a * (1.0f / 24) + b * (1.0f / 12) + c * (1.0f / 6);
+                    u[y * 6 + 4][j] = a * (1.0f / 24) - b * (1.0f / 12) + c * (1.0f / 6);
+                    u[y * 6 + 5][j] = c;
+                }
+            }
+            for (int xi = 0; xi < 36; xi++)
+                memcpy(U + xi * plane + (ptrdiff_t)r * k_n + k0, u[xi], (size_t)kb * sizeof(float));
+        }
+    }
+}
+
+
+/* The 1-D input transform B^T of 6 points, one per array, at each of n
+ * positions; loops over positions so it vectorises. */
+static inline void wino4_bt(float *const o[6], const float *d0, const float *d1, const float *d2,
+                            const float *d3, const float *d4, const float *d5, int n)
+{
+    float *restrict o0 = o[0], *restrict o1 = o[1], *restrict o2 = o[2];
+    float *restrict o3 = o[3], *restrict o4 = o[4], *restrict o5 = o[5];
+    #pragma omp simd
+    for (int j = 0; j < n; j++) {
+        o0[j] = 4.0f * d0[j] - 5.0f * d2[j] + d4[j];
+        o1[j] = -4.0f * (d1[j] + d2[j]) + (d3[j] + d4[j]);
+        o2[j] = 4.0f * (d1[j] - d2[j]) + (d4[j] - d3[j]);
+        o3[j] = 2.0f * (d3[j] - d1[j]) + (d4[j] - d2[j]);
+        o4[j] = 2.0f * (d1[j] - d3[j]) + (d4[j] - d2[j]);
+        o5[j] = 4.0f * d1[j] - 5.0f * d3[j] + d5[j];
+    }
+}
+
+/* The 1-D output transform A^T of 6 points into 4, at each of n positions. */
+static inline void wino4_at(float *const o[4], const float *q0, const float *q1, const float *q2,
+                            const float *q3, const float *q4, const float *q5, int n)
+{
+    float *restrict o0 = o[0], *restrict o1 = o[1], *restrict o2 = o[2], *restrict o3 = o[3];
+    #pragma omp simd
+    for (int j = 0; j < n; j++) {
+        const float p12 = q1[j] + q2[j], m12 = q1[j] - q2[j];
+        const float p34 = q3[j] + q4[j], m34 = q3[j] - q4[j];
+        o0[j] = q0[j] + p12 + p34;
+        o1[j] = m12 + 2.0f * m34;
+        o2[j] = p12 + 4.0f * p34;
+        o3[j] = m12 + 8.0f * m34 + q5[j];
+    }
+}
+
+/* V[xi][k][j] <- B^T d B of tile t0 + j (6x6 input tile at rows 4ty - ph, columns
+ * 4tx - pw; zero outside the image), j < cnt, columns up to tb zero.  Per input
+ * channel the block's tiles are gathered tap by tap (P[y][x][j] = row y, column
+ * x of tile j), so both 1-D transforms run over all the block's tiles at once:
+ * down the columns, then along the rows straight into V. */
+static void wino4_inputs(float *V, const float *in, const wino_geom *g, ptrdiff_t t0, int cnt)
+{
+    const ptrdiff_t plane = (ptrdiff_t)g->k * g->tb;
+    float P[6][6][WINO_TB_MAX], T[6][6][WINO_TB_MAX];
+    for (int k = 0; k < g->k; k++) {
+        for (ptrdiff_t t = t0; t < t0 + cnt;) {
+            const wino_run run = wino_run_at(g, t, t0 + cnt);
+            const int b = run.b, ty = run.ty, tx0 = run.tx0, nt = run.tx1 - run.tx0;
+            const int j0 = (int)(t - t0);
+            t += nt;
+            const float *src = in + ((ptrdiff_t)b * g->k + k) * g->h * g->w;
+            const int x0 = 4 * tx0 - g->pw, len = 4 * nt + 4;
+            const int lo = DMCP_MIN(len, DMCP_MAX(0, -x0)), hi = DMCP_MAX(lo, DMCP_MIN(len, g->w - x0));
+            for (int y = 0; y < 6; y++) {
+                const int iy = 4 * ty - g->ph + y;
+                float *p0 = P[y][0] + j0, *p1 = P[y][1] + j0, *p2 = P[y][2] + j0;
+                float *p3 = P[y][3] + j0, *p4 = P[y][4] + j0, *p5 = P[y][5] + j0;
+                if (iy < 0 || iy >= g->h) {
+                    for (int x = 0; x < 6; x++)
+                        memset(P[y][x] + j0, 0, (size_t)nt * sizeof(float));
+                    continue;
+                }
+                /* the row's columns x0 .. x0 + len - 1, zero outside the image, then
+                 * split by phase: p_c[j] = column 4j + c; taps 4 and 5 of tile j are
+                 * phases 0 and 1 of tile j + 1 */
+                const float *sr = src + (ptrdiff_t)iy * g->w;
+                float buf[4 * WINO_TB_MAX + 4];
+                for (int x = 0; x < lo; x++)
+                    buf[x] = 0.0f;
+                for (int x = lo; x < hi; x++)
+                    buf[x] = sr[x0 + x];
+                for (int x = hi; x < len; x++)
+                    buf[x] = 0.0f;
+                for (int j = 0; j < nt; j++) {
+                    p0[j] = buf[4 * j];
+                    p1[j] = buf[4 * j + 1];
+                    p2[j] = buf[4 * j + 2];
+                    p3[j] = buf[4 * j + 3];
+                    p4[j] = buf[4 * j + 4];
+                    p5[j] = buf[4 * j + 5];
+                }
+            }
+        }
+        for (int x = 0; x < 6; x++) {             /* T = B^T d, down each column */
+            float *const o[6] = {T[0][x], T[1][x], T[2][x], T[3][x], T[4][x], T[5][x]};
+            wino4_bt(o, P[0][x], P[1][x], P[2][x], P[3][x], P[4][x], P[5][x], cnt);
+        }
+        float *v = V + (ptrdiff_t)k * g->tb;
+        for (int i = 0; i < 6; i++) {             /* V = T B, along the rows */
+            float *const o[6] = {v + (i * 6 + 0) * plane, v + (i * 6 + 1) * plane,
+                                 v + (i * 6 + 2) * plane, v + (i * 6 + 3) * plane,
+                                 v + (i * 6 + 4) * plane, v + (i * 6 + 5) * plane};
+            wino4_bt(o, T[i][0], T[i][1], T[i][2], T[i][3], T[i][4], T[i][5], cnt);
+        }
+        for (int xi = 0; xi < 36; xi++)
+            memset(v + xi * plane + cnt, 0, (size_t)(g->tb - cnt) * sizeof *v);
+    }
+}
+
+/* out (=|+=) A^T M A (=: then the epilogue ep), 4x4 per tile, cropped at the edges:
+ * both 1-D transforms over all the block's tiles, then row by row of tiles into
+ * the output. */
+static void wino4_outputs(float *out, const float *M, const conv_epilogue *ep, const wino_geom *g,
+                          ptrdiff_t t0, int cnt, bool add)
+{
+    const ptrdiff_t plane = (ptrdiff_t)g->rp * g->tb;
+    float S[4][6][WINO_TB_MAX], Y[4][4][WINO_TB_MAX], row[4 * WINO_TB_MAX];
+    for (int r = 0; r < g->r; r++) {
+        const float *m = M + (ptrdiff_t)r * g->tb;
+        const conv_chan_ep e = conv_ep_of(ep, r);
+        for (int x = 0; x < 6; x++) {             /* S = A^T q, down each column */
+            float *const o[4] = {S[0][x], S[1][x], S[2][x], S[3][x]};
+            wino4_at(o, m + x * plane, m + (6 + x) * plane, m + (12 + x) * plane,
+                     m + (18 + x) * plane, m + (24 + x) * plane, m + (30 + x) * plane, cnt);
+        }
+        for (int a = 0; a < 4; a++) {             /* Y = S A, along the rows */
+            float *const o[4] = {Y[a][0], Y[a][1], Y[a][2], Y[a][3]};
+            wino4_at(o, S[a][0], S[a][1], S[a][2], S[a][3], S[a][4], S[a][5], cnt);
+        }
+        for (ptrdiff_t t = t0; t < t0 + cnt;) {
+            const wino_run run = wino_run_at(g, t, t0 + cnt);
+            const int b = run.b, ty = run.ty, tx0 = run.tx0, nt = run.tx1 - run.tx0;
+            const int j0 = (int)(t - t0);
+            t += nt;
+            float *dst = out + ((ptrdiff_t)b * g->r + r) * g->oh * g->ow;
+            const int ox = 4 * tx0, len = DMCP_MIN(4 * nt, g->ow - ox);
+            for (int a = 0; a < 4 && 4 * ty + a < g->oh; a++) {
+                for (int j = 0; j < nt; j++)      /* interleave the columns */
+                    for (int x = 0; x < 4; x++)
+                        row[4 * j + x] = Y[a][x][j0 + j];
+                float *restrict o = dst + (ptrdiff_t)(4 * ty + a) * g->ow + ox;
+                if (add)
+                    for (int x = 0; x < len; x++) o[x] += row[x];
+                else if (ep != NULL)
+                    conv_ep_row(o, row, len, e);
+                else
+                    memcpy(o, row, (size_t)len * sizeof *o);
+            }
+        }
+    }
+}
+
+/* out (=|+=) conv3x3(in) with U from wino_weights (m = 2) or wino4_weights (m = 4);
+ * work: one block's V and M per thread (at most CONV_SLOTS_MAX threads, as
+ * wino_scratch counted them). */
 static void wino_conv(float *out, const float *in, const float *U, const conv_epilogue *ep,
                       const wino_geom *g, bool add, float *work)
 {
     const ptrdiff_t tiles = (ptrdiff_t)g->n * g->th * g->tw;
     const ptrdiff_t nblocks = (tiles + g->tb - 1) / g->tb;
-    const ptrdiff_t vf = (ptrdiff_t)16 * g->k * g->tb, mf = (ptrdiff_t)16 * g->rp * g->tb;
+    const ptrdiff_t vf = (ptrdiff_t)g->nx * g->k * g->tb, mf = (ptrdiff_t)g->nx * g->rp * g->tb;
     const int nth = (int)DMCP_MIN(nblocks, (ptrdiff_t)DMCP_MIN(omp_get_max_threads(), CONV_SLOTS_MAX));
     #pragma omp parallel num_threads(nth)
     {
@@ -288,9 +526,12 @@ static void wino_conv(float *out, const float *in, const float *U, const conv_ep
         for (ptrdiff_t blk = 0; blk < nblocks; blk++) {
             const ptrdiff_t t0 = blk * g->tb;
             const int cnt = (int)DMCP_MIN((ptrdiff_t)g->tb, tiles - t0);
-            wino_inputs(V, in, g, t0, cnt);
+            if (g->m == 4)
+                wino4_inputs(V, in, g, t0, cnt);
+            else
+                wino_inputs(V, in, g, t0, cnt);
             const int cols = (int)round_up(cnt, CONV_NR);
-            for (int xi = 0; xi < 16; xi++) {
+            for (int xi = 0; xi < g->nx; xi++) {
                 const float *u = U + (ptrdiff_t)xi * g->rp * g->k;
                 const float *v = V + (ptrdiff_t)xi * g->k * g->tb;
                 float *m = M + (ptrdiff_t)xi * g->rp * g->tb;
@@ -299,34 +540,51 @@ static void wino_conv(float *out, const float *in, const float *U, const conv_ep
                         conv_kernel(g->k, u + (ptrdiff_t)i0 * g->k, aoff, v + jp, boff,
                                     m + (ptrdiff_t)i0 * g->tb + jp, g->tb, false);
             }
-            wino_outputs(out, M, ep, g, t0, cnt, add);
+            if (g->m == 4)
+                wino4_outputs(out, M, ep, g, t0, cnt, add);
+            else
+                wino_outputs(out, M, ep, g, t0, cnt, add);
         }
     }
 }
 
-static wino_geom wino_geom_of(int n, int k, int h, int w, int r, int oh, int ow, int ph, int pw)
+static wino_geom wino_geom_of(int m, int n, int k, int h, int w, int r, int oh, int ow, int ph,
+                              int pw)
 {
+    const int nx = (m + 2) * (m + 2);
     wino_geom g = {n, k, h, w, r, (int)round_up(r, CONV_MR), oh, ow, ph, pw,
-                   (oh + 1) / 2, (ow + 1) / 2, wino_block(k, r)};
+                   (oh + m - 1) / m, (ow + m - 1) / m, wino_block(k, r, nx), m, nx};
     return g;
+}
+
+/* U for the geometry's tile size, into scratch; returns the work area after it. */
+static float *wino_prepare(float *scratch, const float *weight, int ldw, const wino_geom *g,
+                           bool flip)
+{
+    if (g->m == 4)
+        wino4_weights(scratch, weight, ldw, g->r, g->rp, g->k, flip);
+    else
+        wino_weights(scratch, weight, ldw, g->r, g->rp, g->k, flip);
+    return scratch + (ptrdiff_t)g->nx * g->rp * g->k;
 }
 
 static void wino_forward(float *out, const float *inp, const float *weight, const conv_epilogue *ep,
                          const conv_shape *s, float *scratch)
 {
-    const wino_geom g = wino_geom_of(s->n, s->c, s->h, s->w, s->oc, s->oh, s->ow, s->ph, s->pw);
-    wino_weights(scratch, weight, s->w_cin_full * 9, g.r, g.rp, g.k, false);
-    wino_conv(out, inp, scratch, ep, &g, false, scratch + (ptrdiff_t)16 * g.rp * g.k);
+    const wino_geom g = wino_geom_of(conv_wino_m(s, 0), s->n, s->c, s->h, s->w, s->oc, s->oh,
+                                     s->ow, s->ph, s->pw);
+    float *work = wino_prepare(scratch, weight, s->w_cin_full * 9, &g, false);
+    wino_conv(out, inp, scratch, ep, &g, false, work);
 }
 
 /* dinp (N, c, H, W) += conv3x3(dout, flipped W^T), padding 2 - p. */
 static void wino_backward_data(float *dinp, const float *dout, const float *weight,
                                const conv_shape *s, float *scratch)
 {
-    const wino_geom g = wino_geom_of(s->n, s->oc, s->oh, s->ow, s->c, s->h, s->w, 2 - s->ph,
-                                     2 - s->pw);
-    wino_weights(scratch, weight, s->w_cin_full * 9, g.r, g.rp, g.k, true);
-    wino_conv(dinp, dout, scratch, NULL, &g, true, scratch + (ptrdiff_t)16 * g.rp * g.k);
+    const wino_geom g = wino_geom_of(conv_wino_m(s, 1), s->n, s->oc, s->oh, s->ow, s->c, s->h,
+                                     s->w, 2 - s->ph, 2 - s->pw);
+    float *work = wino_prepare(scratch, weight, s->w_cin_full * 9, &g, true);
+    wino_conv(dinp, dout, scratch, NULL, &g, true, work);
 }
 
 /* ---- Winograd backward-weight ----
@@ -406,7 +664,7 @@ static ptrdiff_t wino_dw_scratch(const conv_shape *s, int threads)
 {
     if (!conv_is_wino_dw(s))
         return 0;
-    const wino_geom g = wino_geom_of(s->n, s->c, s->h, s->w, s->oc, s->oh, s->ow, s->ph, s->pw);
+    const wino_geom g = wino_geom_of(2, s->n, s->c, s->h, s->w, s->oc, s->oh, s->ow, s->ph, s->pw);
     const ptrdiff_t tiles = (ptrdiff_t)g.n * g.th * g.tw;
     const int slots = (int)DMCP_MIN((tiles + g.tb - 1) / g.tb, (ptrdiff_t)WINO_DW_SLOTS);
     return wino_dw_floats(&g, slots, DMCP_MIN(slots, threads));
@@ -415,7 +673,7 @@ static ptrdiff_t wino_dw_scratch(const conv_shape *s, int threads)
 static void wino_backward_weight(float *dweight, const float *dout, const float *inp,
                                  const conv_shape *s, float *scratch)
 {
-    const wino_geom g = wino_geom_of(s->n, s->c, s->h, s->w, s->oc, s->oh, s->ow, s->ph, s->pw);
+    const wino_geom g = wino_geom_of(2, s->n, s->c, s->h, s->w, s->oc, s->oh, s->ow, s->ph, s->pw);
     const ptrdiff_t kp = round_up(g.k, CONV_NR), dusz = (ptrdiff_t)16 * g.rp * kp;
     const ptrdiff_t tiles = (ptrdiff_t)g.n * g.th * g.tw;
     const int nblocks = (int)((tiles + g.tb - 1) / g.tb);

@@ -79,6 +79,14 @@ CONV_CASES = {
     "wino_p2": conv_case(2, 17, 29, 30, 16, 3, 1, 2),
     "wino_p02": conv_case(1, 16, 40, 43, 16, 3, 1, (0, 2)),
     "wino_chunked": conv_case(7, 16, 80, 80, 16, 3, 1, 1),
+    # Winograd F(4x4, 3x3) forward and backward-data (>= 64 channels each way,
+    # >= 192 4x4 tiles): odd sizes, paddings 0..2, tile rows cut by blocks;
+    # 64 channels on 28x28 at batch 2 (98 4x4 tiles) stays F(2x2)
+    "wino4_odd": conv_case(3, 64, 30, 29, 65, 3, 1, 1),
+    "wino4_p0_b1": conv_case(1, 64, 62, 58, 64, 3, 1, 0),
+    "wino4_p2": conv_case(2, 70, 41, 37, 64, 3, 1, 2),
+    "wino4_p12": conv_case(1, 64, 57, 50, 66, 3, 1, (1, 2)),
+    "wino2_64": conv_case(2, 64, 28, 28, 64, 3, 1, 1),
     # Winograd backward-weight too (>= 64 channels each way): odd sizes, blocks over slots
     "wino_dw_odd": conv_case(3, 64, 9, 11, 65, 3, 1, 1),
     "wino_dw_p2_many": conv_case(9, 64, 20, 19, 64, 3, 1, 2),
@@ -180,7 +188,7 @@ def test_conv2d_epilogue_vs_torch(name, kind, rng, close, isa):
 
 
 @pytest.mark.parametrize("act", [None, 0.0, 6.0], ids=["noact", "relu", "relu6"])
-@pytest.mark.parametrize("name", ["3x3", "1x1_direct", "1x1_b1", "dw3x3_s2", "wino_odd",
+@pytest.mark.parametrize("name", ["3x3", "1x1_direct", "1x1_b1", "dw3x3_s2", "wino_odd", "wino4_odd",
                                   "g2_3x3_chunked"])
 def test_conv2d_folded_bn_equals_conv_then_bn(name, act, rng, close, isa):
     """A conv with an eval-mode BN folded into its epilogue (scale, shift as
@@ -265,6 +273,7 @@ SLICE_CASES = {   # geometry + (C_full, OC_full) of the weight buffer; groups ==
     "3x3_chunked": (conv_case(3, 14, 80, 80, 3, 3, 1, 1), 16, 5),
     "wino": (conv_case(2, 16, 31, 32, 18, 3, 1, 1), 20, 24),
     "wino_dw": (conv_case(2, 64, 7, 6, 66, 3, 1, 1), 70, 72),
+    "wino4": (conv_case(4, 64, 28, 27, 65, 3, 1, 1), 67, 70),
 }
 
 
@@ -1148,6 +1157,13 @@ THREAD_SCRIPT = textwrap.dedent("""
     dww2 = np.zeros_like(ww2)
     C.conv2d_backward(None, dww2, None, r(9, 64, 20, 19), xw2, ww2, 1, 1, 1, 1, 1, 1, 1)
     res.update(wino_dw64=dww2)
+    # Winograd F(4x4) (>= 64 channels, >= 192 4x4 tiles)
+    xw4, ww4 = r(3, 64, 30, 29), r(64, 64, 3, 3) * f32(0.1)
+    outw4 = np.empty((3, 64, 30, 29), f32)
+    C.conv2d_forward(outw4, xw4, ww4, None, 1, 1, 1, 1, 1, 1, 1)
+    dxw4 = np.zeros_like(xw4)
+    C.conv2d_backward(dxw4, None, None, r(*outw4.shape), xw4, ww4, 1, 1, 1, 1, 1, 1, 1)
+    res.update(wino4_out=outw4, wino4_dx=dxw4)
     # depthwise 3x3
     wd = r(8, 1, 3, 3)
     outd = np.empty((4, 8, 16, 16), f32)
