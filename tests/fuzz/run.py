@@ -11,7 +11,6 @@ is saved to the crashes folder (named on the way out) and the exit status is 1. 
 a target in this process and prints what each raises.
 """
 import argparse
-import glob
 import os
 import re
 import shutil
