@@ -5,7 +5,8 @@ from scratch with the same schedule, over several seeds, on Fashion-MNIST.
 
     python benchmarks/bench_dmcp_vs_uniform.py [--net resnet20|resnet56]
         [--budgets 0.5 0.25 0.12] [--seeds 0 1 2 3 4] [--retrain-images N]
-        [--flop-loss-weight W] [--work-dir DIR] [--report-only]
+        [--flop-loss-weight W] [--arch-train-freq N] [--sampled]
+        [--work-dir DIR] [--report-only]
 
 For each budget b (a fraction of the supernet's FLOPs):
 - DMCP: the supernet search of configs/dmcp_resnet20_fmnist_supernet.py (depth
@@ -22,12 +23,19 @@ repository) as it comes, with the searched structures beside it; a rerun
 skips what is there, so the experiment grows over sessions.  The report
 (stdout, RECORD/report_NET.md, benchmarks/dmcp_vs_uniform_NET.png) gives per budget the mean
 top-1 of each structure and the paired differences DMCP - uniform and
-DMCP - random with their standard errors.  `--flop-loss-weight W` searches
-with that budget-loss weight instead of the config's 0.1 (an ablation): its
-structures, work dirs and results carry the weight and are reported as rows
-of their own.
+DMCP - random with their standard errors.
+
+Ablations, each reported as rows of its own (its structures, work dirs and
+results carry a tag): `--flop-loss-weight W` searches with that budget-loss
+weight instead of the config's 0.1; `--arch-train-freq N` takes an
+architecture step every N iterations instead of 5 (a longer search of the
+architecture); `--sampled` takes as DMCP's structure the search's direct
+sample (subnet_*.json, drawn from the Markov process as mmrazor's
+DMCPSubnetHook does) closest to the budget instead of expected_ch.json, and
+matches uniform and random structures to it.
 """
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -153,29 +161,71 @@ def load_results(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def weight_tag(weight):
-    """The suffix that keeps an ablation's files apart ('' for the config's weight)."""
-    return "" if weight is None else f"_w{weight:g}"
+class Ablation:
+    """What an ablation changes, and the tags that keep its files and rows apart
+    (all empty for the shipped settings).  The search's tag names the search's
+    own changes; `tag` adds how its structure is read."""
+
+    def __init__(self, weight=None, freq=None, sampled=False):
+        self.weight, self.freq, self.sampled = weight, freq, sampled
+        self.search_tag = (("" if weight is None else f"_w{weight:g}")
+                           + ("" if freq is None else f"_f{freq}"))
+        self.tag = self.search_tag + ("_sampled" if sampled else "")
+        parts = ([] if weight is None else [f"loss weight {weight:g}"]) \
+            + ([] if freq is None else [f"arch step every {freq}"]) \
+            + (["direct sample"] if sampled else [])
+        self.label = ", ".join(parts) or None
+
+    def options(self):
+        return ([] if self.weight is None else [f"model.flop_loss_weight={self.weight}"]) \
+            + ([] if self.freq is None else [f"model.arch_train_freq={self.freq}"])
 
 
-def search(space, net, budget, work_dir, search_images, record, weight=None):
+def record_label(rec):
+    """A result's ablation label (None: the shipped settings); records from
+    before the label existed carry only their loss weight."""
+    if "ablation" in rec:
+        return rec["ablation"]
+    w = rec.get("flop_loss_weight")
+    return None if w is None else f"loss weight {w:g}"
+
+
+def closest_sample(space, samples, target):
+    """The direct sample whose FLOPs are closest to the budget's."""
+    best = None
+    for path in samples:
+        choices, _, _ = load_subnet(path)
+        names = {u.key: u.name for u in space.mut.units}
+        f = space.flops({names.get(k, k): v for k, v in choices.items()})
+        if best is None or abs(f - target) < abs(best[1] - target):
+            best = (path, f)
+    return best[0]
+
+
+def search(space, net, budget, work_dir, search_images, record, ab):
     """The DMCP structure for this budget: the one recorded in `record` (the
-    repository keeps them), else a supernet search, whose expected_ch.json is
-    then recorded."""
-    kept = os.path.join(record, f"{net}_b{budget:g}{weight_tag(weight)}_dmcp.json")
+    repository keeps them), else a supernet search, whose expected_ch.json (or,
+    for `--sampled`, its direct sample closest to the budget) is then recorded."""
+    kept = os.path.join(record, f"{net}_b{budget:g}{ab.tag}_dmcp.json")
     out = os.path.join(work_dir, "search")
-    fix = kept if os.path.exists(kept) else os.path.join(out, "model_sample", "expected_ch.json")
+    picked = os.path.join(out, "model_sample", "expected_ch.json")
+    fix = kept if os.path.exists(kept) else picked
     if not os.path.exists(fix):
         target = budget * space.full / 1e6
         opts = net_options(net) + [f"model.target_flops={target:.4f}",
                                    f"train_dataloader.dataset.indices={search_images}"]
-        if weight is not None:
-            opts.append(f"model.flop_loss_weight={weight}")
+        opts += ab.options()
         t0 = time.time()
         # an interrupted search continues from its last epoch's checkpoint
         again = "auto" if os.path.exists(os.path.join(out, "last_checkpoint")) else None
         Runner(load_config(SUPERNET, opts), work_dir=out, resume=again).train()
-        print(f"search {net} budget {budget}: {time.time() - t0:.0f} s", flush=True)
+        print(f"search {net} budget {budget}{ab.search_tag}: {time.time() - t0:.0f} s", flush=True)
+    if not os.path.exists(kept) and ab.sampled:
+        samples = sorted(glob.glob(os.path.join(out, "model_sample", "subnet_*.json")))
+        if not samples:
+            raise SystemExit(f"the search in {out} left no direct samples")
+        fix = closest_sample(space, samples, budget * space.full)
+        print(f"direct sample: {fix}", flush=True)
     if not os.path.exists(kept):
         os.makedirs(record, exist_ok=True)
         shutil.copyfile(fix, kept)
@@ -199,13 +249,14 @@ def run(args):
     results_path = os.path.join(args.record, "results.jsonl")
     os.makedirs(args.record, exist_ok=True)
     images = args.retrain_images or 60000
-    weight = args.flop_loss_weight
+    ab = Ablation(args.flop_loss_weight, args.arch_train_freq, args.sampled)
     done = {(r["net"], r["budget"], r["structure"], r["seed"]) for r in load_results(results_path)
-            if r["retrain_images"] == images and r.get("flop_loss_weight") == weight}
+            if r["retrain_images"] == images and record_label(r) == ab.label}
     plan = {}
     for budget in args.budgets:                 # every search first, then the seeds
-        bdir = os.path.join(args.work_dir, args.net, f"b{budget:g}{weight_tag(weight)}")
-        widths, fix = search(space, args.net, budget, bdir, args.search_images, args.record, weight)
+        sdir = os.path.join(args.work_dir, args.net, f"b{budget:g}{ab.search_tag}")
+        bdir = sdir + ("_sampled" if ab.sampled else "")
+        widths, fix = search(space, args.net, budget, sdir, args.search_images, args.record, ab)
         target = space.flops(widths)
         plan[budget] = (bdir, target, {"dmcp": (widths, target), "uniform": space.uniform(target)})
     for seed in args.seeds:
@@ -227,11 +278,11 @@ def run(args):
                            retrain_images=images,
                            widths=[w[u.name] for u in space.mut.units],
                            seconds=round(time.time() - t0, 1))
-                if weight is not None:
-                    rec["flop_loss_weight"] = weight
+                if ab.label is not None:
+                    rec["ablation"] = ab.label
                 with open(results_path, "a") as fh:
                     fh.write(json.dumps(rec) + "\n")
-                print(f"{args.net} b{budget:g}{weight_tag(weight)} {name:7s} seed {seed}: {f / 1e6:.3f} MFLOPs "
+                print(f"{args.net} b{budget:g}{ab.tag} {name:7s} seed {seed}: {f / 1e6:.3f} MFLOPs "
                       f"top-1 {top1:.2f} ({rec['seconds']:.0f} s)", flush=True)
 
 
@@ -246,11 +297,11 @@ def report(args):
              "| budget | structure | MFLOPs | seeds | top-1 mean | std | paired diff. DMCP - this (mean +- s.e.) |",
              "|---|---|---|---|---|---|---|"]
     plot = {}
-    groups = {(r["budget"], r.get("flop_loss_weight")) for r in recs}
-    for budget, weight in sorted(groups, key=lambda g: (-g[0], g[1] is not None, g[1] or 0)):
-        mine = [r for r in recs if r["budget"] == budget and r.get("flop_loss_weight") == weight]
+    groups = {(r["budget"], record_label(r)) for r in recs}
+    for budget, ablation in sorted(groups, key=lambda g: (-g[0], g[1] is not None, g[1] or "")):
+        mine = [r for r in recs if r["budget"] == budget and record_label(r) == ablation]
         by = {s: {r["seed"]: r for r in mine if r["structure"] == s} for s in STRUCTURES}
-        label = f"{budget:.0%}" + ("" if weight is None else f" (loss weight {weight:g})")
+        label = f"{budget:.0%}" + ("" if ablation is None else f" ({ablation})")
         for s in STRUCTURES:
             runs = by[s]
             if not runs:
@@ -319,6 +370,12 @@ def main():
     p.add_argument("--flop-loss-weight", type=float, default=None,
                    help="search with this budget-loss weight (an ablation; default: the "
                         "config's 0.1); its results are reported apart")
+    p.add_argument("--arch-train-freq", type=int, default=None,
+                   help="an architecture step every N iterations (an ablation; default: "
+                        "the config's 5)")
+    p.add_argument("--sampled", action="store_true",
+                   help="DMCP's structure is the search's direct sample closest to the "
+                        "budget, not expected_ch.json (an ablation)")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
     if not args.report_only:
