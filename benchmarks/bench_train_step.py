@@ -77,7 +77,7 @@ class DmcpStep:
     def __call__(self, x, y):
         self.opt.zero_grad()
         loss = self.net.loss_module.forward(self.net.forward(x), y)
-        self.net.backward(self.net.loss_module.backward())
+        self.net.backward(self.net.loss_module.backward(), need_dinp=False)
         self.opt.step()
         return loss
 

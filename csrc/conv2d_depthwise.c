@@ -68,13 +68,6 @@ static dw_tiling dw_tiling_of(const conv_shape *s, ptrdiff_t items)
     return t;
 }
 
-static ptrdiff_t dw_scratch(const conv_shape *s)
-{
-    /* the most work items any call makes: planes */
-    const dw_tiling t = dw_tiling_of(s, (ptrdiff_t)s->n * s->c);
-    return t.slots * t.buf;
-}
-
 static bool conv_is_depthwise(const conv_shape *s)
 {
     return s->groups > 1 && s->groups == s->c && s->groups == s->oc &&
@@ -90,6 +83,186 @@ static bool conv_is_dw_direct(const conv_shape *s)
 
 /* First item of slot i of `slots` over n items. */
 static ptrdiff_t range_start(int i, int slots, ptrdiff_t n) { return n * i / slots; }
+
+/* ---- 3x3 stride-1 'same' depthwise convs on narrow planes ----
+ *
+ * The grid above pays per row (a padded row, an epilogue call) and computes
+ * wq - ow extra columns: most of the work on a 7x7 plane.  Here a plane of
+ * H x W is one flat run of H*W floats with zeros on either side, so the rows
+ * above and below read zeros; the taps reading column x-1 and x+1 are summed
+ * apart and masked (0/1) at the left and right edges.  The output plane is
+ * then a few full vectors (H*W rounded up to 16 floats), with no per-row work.
+ * Backward-data is the same loop with the kernel flipped; backward-weight
+ * takes the nine dot products in one pass over each plane.  The planes of a
+ * slot share its zero margins and masks, set when the slot starts. */
+
+#define DW3_MAX_W 64           /* wider planes keep the grid path: at 112 the two tie */
+#define DW3_VEC 16             /* the flat run is rounded up to this */
+#define DW3_FLUSH 256          /* products per float lane sum in backward-weight */
+
+static bool dw3_takes(const conv_shape *s)
+{
+    return s->kh == 3 && s->kw == 3 && s->sh == 1 && s->sw == 1 && s->ph == 1 && s->pw == 1 &&
+           s->dh == 1 && s->dw == 1 && s->w <= DW3_MAX_W;
+}
+
+/* A slot's buffer: the masks (n each), the plane with m zeros on either side,
+ * then a grid of n (backward-weight: dout with zeros past hw). */
+typedef struct {
+    ptrdiff_t hw, n, m, buf;
+} dw3_geom;
+
+static dw3_geom dw3_geom_of(const conv_shape *s)
+{
+    dw3_geom g;
+    g.hw = (ptrdiff_t)s->h * s->w;
+    g.n = round_up(g.hw, DW3_VEC);
+    g.m = round_up(s->w + 1, DW3_VEC);      /* reads reach w+1 past either end */
+    g.buf = round_up(2 * g.n + (g.m + g.n + g.m) + g.n, CONV_NR);
+    return g;
+}
+
+/* Zeros everywhere, then the masks: column x-1 exists (left), x+1 exists (right). */
+static void dw3_slot_init(float *buf, int w, const dw3_geom *g)
+{
+    memset(buf, 0, (size_t)g->buf * sizeof *buf);
+    for (ptrdiff_t f = 0; f < g->hw; f++) {
+        buf[f] = f % w != 0 ? 1.0f : 0.0f;
+        buf[g->n + f] = f % w != w - 1 ? 1.0f : 0.0f;
+    }
+}
+
+/* grid[f], f < n: the nine taps of k (row-major; flipped for backward-data)
+ * over the flat plane p, columns x-1 and x+1 masked by ml and mr. */
+CONV_FMA_CONTRACT
+static void dw3_plane(float *restrict grid, const float *p, int w, ptrdiff_t n,
+                      const float *restrict ml, const float *restrict mr, const float *k, bool flip)
+{
+    const float *restrict u = p - w, *restrict c = p, *restrict d = p + w;
+    float k0 = k[0], k1 = k[1], k2 = k[2], k3 = k[3], k4 = k[4];
+    float k5 = k[5], k6 = k[6], k7 = k[7], k8 = k[8];
+    if (flip) {
+        k0 = k[8]; k1 = k[7]; k2 = k[6]; k3 = k[5]; k5 = k[3]; k6 = k[2]; k7 = k[1]; k8 = k[0];
+    }
+    for (ptrdiff_t f = 0; f < n; f++) {
+        const float left = k0 * u[f - 1] + k3 * c[f - 1] + k6 * d[f - 1];
+        const float mid = k1 * u[f] + k4 * c[f] + k7 * d[f];
+        const float right = k2 * u[f + 1] + k5 * c[f + 1] + k8 * d[f + 1];
+        grid[f] = mid + ml[f] * left + mr[f] * right;
+    }
+}
+
+/* lanes[t*DW3_VEC + l] += the sum over f = l (mod DW3_VEC), f < n, of dout[f]
+ * * (tap t of the plane p), masked as above: partial sums per vector lane, so
+ * that several small planes add up before one reduction. */
+CONV_FMA_CONTRACT
+static void dw3_dots(float *restrict lanes, const float *restrict dg, const float *p, int w,
+                     ptrdiff_t n, const float *restrict ml, const float *restrict mr)
+{
+    const float *restrict u = p - w, *restrict c = p, *restrict d = p + w;
+    float *restrict a = lanes;
+    for (ptrdiff_t f0 = 0; f0 < n; f0 += DW3_VEC) {
+        #pragma omp simd
+        for (int l = 0; l < DW3_VEC; l++) {
+            const ptrdiff_t f = f0 + l;
+            const float v = dg[f], vl = v * ml[f], vr = v * mr[f];
+            a[l] += vl * u[f - 1];
+            a[DW3_VEC + l] += v * u[f];
+            a[2 * DW3_VEC + l] += vr * u[f + 1];
+            a[3 * DW3_VEC + l] += vl * c[f - 1];
+            a[4 * DW3_VEC + l] += v * c[f];
+            a[5 * DW3_VEC + l] += vr * c[f + 1];
+            a[6 * DW3_VEC + l] += vl * d[f - 1];
+            a[7 * DW3_VEC + l] += v * d[f];
+            a[8 * DW3_VEC + l] += vr * d[f + 1];
+        }
+    }
+}
+
+static void dw3_forward(float *out, const float *inp, const float *weight,
+                        const conv_epilogue *ep, const conv_shape *s, float *scratch)
+{
+    const dw3_geom g = dw3_geom_of(s);
+    const int c = s->c;
+    const ptrdiff_t planes = (ptrdiff_t)s->n * c;
+    const int slots = (int)DMCP_MIN(planes, (ptrdiff_t)DW_SLOTS);
+    #pragma omp parallel for schedule(dynamic, 1) if (planes * g.hw * 9 > CONV_PAR_MIN)
+    for (int i = 0; i < slots; i++) {
+        float *buf = scratch + i * g.buf, *pl = buf + 2 * g.n + g.m, *grid = pl + g.n + g.m;
+        dw3_slot_init(buf, s->w, &g);
+        for (ptrdiff_t p = range_start(i, slots, planes); p < range_start(i + 1, slots, planes); p++) {
+            const int ch = (int)(p % c);
+            memcpy(pl, inp + p * g.hw, (size_t)g.hw * sizeof *pl);
+            dw3_plane(grid, pl, s->w, g.n, buf, buf + g.n, weight + (ptrdiff_t)ch * 9, false);
+            conv_ep_row(out + p * g.hw, grid, g.hw, conv_ep_of(ep, ch));
+        }
+    }
+}
+
+static void dw3_backward(float *dinp, float *dweight, const float *dout, const float *inp,
+                         const float *weight, const conv_shape *s, float *scratch)
+{
+    const dw3_geom g = dw3_geom_of(s);
+    const int c = s->c;
+    const ptrdiff_t planes = (ptrdiff_t)s->n * c;
+    const bool par = planes * g.hw * 9 > CONV_PAR_MIN;
+    if (dinp != NULL) {
+        const int slots = (int)DMCP_MIN(planes, (ptrdiff_t)DW_SLOTS);
+        #pragma omp parallel for schedule(dynamic, 1) if (par)
+        for (int i = 0; i < slots; i++) {
+            float *buf = scratch + i * g.buf, *pl = buf + 2 * g.n + g.m, *grid = pl + g.n + g.m;
+            dw3_slot_init(buf, s->w, &g);
+            for (ptrdiff_t p = range_start(i, slots, planes); p < range_start(i + 1, slots, planes); p++) {
+                float *restrict dip = dinp + p * g.hw;
+                memcpy(pl, dout + p * g.hw, (size_t)g.hw * sizeof *pl);
+                dw3_plane(grid, pl, s->w, g.n, buf, buf + g.n, weight + (p % c) * 9, true);
+                for (ptrdiff_t f = 0; f < g.hw; f++)
+                    dip[f] += grid[f];
+            }
+        }
+    }
+    if (dweight != NULL) {
+        const int slots = DMCP_MIN(c, DW_SLOTS);
+        /* float lane sums take up to DW3_FLUSH products each before a double sum */
+        const int flush = (int)DMCP_MAX(1, DW3_FLUSH / (g.n / DW3_VEC));
+        #pragma omp parallel for schedule(dynamic, 1) if (par)
+        for (int i = 0; i < slots; i++) {
+            float *buf = scratch + i * g.buf, *pl = buf + 2 * g.n + g.m, *dg = pl + g.n + g.m;
+            dw3_slot_init(buf, s->w, &g);
+            for (int ch = (int)range_start(i, slots, c); ch < range_start(i + 1, slots, c); ch++) {
+                double acc[9] = {0};
+                float lanes[9 * DW3_VEC] = {0};
+                for (int b = 0; b < s->n; b++) {
+                    const ptrdiff_t p = (ptrdiff_t)b * c + ch;
+                    memcpy(pl, inp + p * g.hw, (size_t)g.hw * sizeof *pl);
+                    memcpy(dg, dout + p * g.hw, (size_t)g.hw * sizeof *dg);
+                    dw3_dots(lanes, dg, pl, s->w, g.n, buf, buf + g.n);
+                    if ((b + 1) % flush != 0 && b + 1 < s->n)
+                        continue;
+                    for (int t = 0; t < 9; t++) {      /* into double every few planes */
+                        double sum = 0.0;
+                        for (int l = 0; l < DW3_VEC; l++)
+                            sum += lanes[t * DW3_VEC + l];
+                        acc[t] += sum;
+                    }
+                    memset(lanes, 0, sizeof lanes);
+                }
+                for (int t = 0; t < 9; t++)
+                    dweight[(ptrdiff_t)ch * 9 + t] += (float)acc[t];
+            }
+        }
+    }
+}
+
+static ptrdiff_t dw_scratch(const conv_shape *s)
+{
+    /* the most work items any call makes: planes */
+    const ptrdiff_t planes = (ptrdiff_t)s->n * s->c;
+    if (dw3_takes(s))
+        return DMCP_MIN(planes, (ptrdiff_t)DW_SLOTS) * dw3_geom_of(s).buf;
+    const dw_tiling t = dw_tiling_of(s, planes);
+    return t.slots * t.buf;
+}
 
 /* off[t] for taps t0 .. t0+nt-1 of one channel in the phase planes of g. */
 static void dw_tap_offsets(int *off, int t0, int nt, const pad_grid *g, const conv_shape *s)
@@ -292,6 +465,10 @@ static void dw_forward(float *out, const float *inp, const float *weight,
     const int khw = s->kh * s->kw, c = s->c;
     const ptrdiff_t planes = (ptrdiff_t)s->n * c;
     const ptrdiff_t hw = (ptrdiff_t)s->h * s->w, ohw = (ptrdiff_t)s->oh * s->ow;
+    if (dw3_takes(s)) {
+        dw3_forward(out, inp, weight, ep, s, scratch);
+        return;
+    }
     const dw_tiling t = dw_tiling_of(s, planes);
     #pragma omp parallel for schedule(dynamic, 1) if (planes * ohw * khw > CONV_PAR_MIN)
     for (int i = 0; i < t.slots; i++) {
@@ -313,6 +490,10 @@ static void dw_backward(float *dinp, float *dweight, const float *dout,
     const ptrdiff_t hw = (ptrdiff_t)s->h * s->w, ohw = (ptrdiff_t)s->oh * s->ow;
     const ptrdiff_t planes = (ptrdiff_t)s->n * c;
     const ptrdiff_t work = planes * ohw * khw;
+    if (dw3_takes(s)) {
+        dw3_backward(dinp, dweight, dout, inp, weight, s, scratch);
+        return;
+    }
     if (dinp != NULL) {
         const dw_tiling t = dw_tiling_of(s, planes);
         #pragma omp parallel for schedule(dynamic, 1) if (work > CONV_PAR_MIN)

@@ -194,8 +194,8 @@ class DMCP:
     def forward(self, x):
         return self.architecture.forward(x)
 
-    def backward(self, g):
-        return self.architecture.backward(g)
+    def backward(self, g, need_dinp=True):
+        return self.architecture.backward(g, need_dinp)
 
     def named_parameters(self):
         return self.architecture.named_parameters()
@@ -354,7 +354,7 @@ def dmcp_train_step(model, optimizer, arch_optimizer, x, y, it, rng, dist):
         else:
             loss = model.kd.forward(logits, teacher)
             d = model.kd.backward()
-        net.backward(d)
+        net.backward(d, need_dinp=False)
         key = f"loss_{mode}" if mode not in stats else f"loss_{mode}_{idx}"
         stats[key] = loss
     dist.allreduce_grads(optimizer_params(optimizer))
@@ -381,7 +381,7 @@ def arch_step(model, arch_optimizer, x, y, dist):
     try:
         logits = net.forward(x)
         task = ce.forward(logits, y)
-        net.backward(ce.backward())
+        net.backward(ce.backward(), need_dinp=False)
         mut.alpha_backward()
         budget, flops = model.budget_loss_and_grad()
     finally:
@@ -406,7 +406,7 @@ def plain_train_step(net, optimizer, x, y, dist):
     optimizer.zero_grad()
     logits = net.forward(x)
     loss = net.loss_module.forward(logits, y)
-    net.backward(net.loss_module.backward())
+    net.backward(net.loss_module.backward(), need_dinp=False)
     dist.allreduce_grads(optimizer_params(optimizer))
     optimizer.step()
     return {"loss": loss}

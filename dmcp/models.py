@@ -56,9 +56,12 @@ def _forward(ops, x):
     return x
 
 
-def _backward(ops, d):
-    for op in reversed(ops):
-        d = op.backward(d)
+def _backward(ops, d, need_dinp=True):
+    """Backward through ``ops`` in reverse; need_dinp=False tells the first op
+    that nobody wants its input gradient (an image), which it then skips and
+    returns None."""
+    for i in range(len(ops) - 1, -1, -1):
+        d = ops[i].backward(d) if i or need_dinp else ops[i].backward(d, need_dinp=False)
     return d
 
 
@@ -145,8 +148,8 @@ class ConvModule(Module):
     def forward(self, x):
         return _forward(self._ops, x)
 
-    def backward(self, d):
-        return _backward(self._ops, d)
+    def backward(self, d, need_dinp=True):
+        return _backward(self._ops, d, need_dinp)
 
 
 class _ResidualBlock(Module):
@@ -222,8 +225,8 @@ class _Backbone(Module):
     def forward(self, x):
         return _forward(self._ops, x)
 
-    def backward(self, d):
-        return _backward(self._ops, d)
+    def backward(self, d, need_dinp=True):
+        return _backward(self._ops, d, need_dinp)
 
     def _freeze(self, frozen_stages, norm_eval, stem, stages, stem_eval=True):
         """``stem``: the stem's modules; ``stages``: one list of blocks per stage;
@@ -483,8 +486,10 @@ class ImageClassifier(Module):
     def forward(self, x):
         return _forward(self._ops, x)
 
-    def backward(self, grad_logits):
-        return _backward(self._ops, grad_logits)
+    def backward(self, grad_logits, need_dinp=True):
+        """The gradient of the input images (need_dinp=False, as in training:
+        None, and the stem skips computing it)."""
+        return _backward(self._ops, grad_logits, need_dinp)
 
     def load_state_dict(self, state, strict=True, slice_channels=False):
         from .checkpoint import load_weights

@@ -56,6 +56,13 @@ CONV_CASES = {
     "1x3_mixed": conv_case(2, 3, 7, 10, 5, (1, 3), (2, 1), (0, 1), (1, 2)),
     "dw3x3": conv_case(2, 6, 9, 8, 6, 3, 1, 1, 1, 6),
     "dw3x3_s2": conv_case(2, 6, 9, 8, 6, 3, 2, 1, 1, 6),
+    # the flat 'same' path for narrow planes: 7x7 (49 floats, not a vector
+    # multiple), one column, one row, the widest it takes, and one wider (grid)
+    "dw3x3_flat7": conv_case(3, 10, 7, 7, 10, 3, 1, 1, 1, 10),
+    "dw3x3_flat_w1": conv_case(2, 3, 5, 1, 3, 3, 1, 1, 1, 3),
+    "dw3x3_flat_h1": conv_case(2, 3, 1, 6, 3, 3, 1, 1, 1, 3),
+    "dw3x3_flat_w64": conv_case(1, 4, 6, 64, 4, 3, 1, 1, 1, 4),
+    "dw3x3_grid_w65": conv_case(1, 4, 5, 65, 4, 3, 1, 1, 1, 4),
     "dw3x3_p0_narrow": conv_case(2, 3, 3, 4, 3, 3, 1, 0, 1, 3),
     "dw3x3_s2_w2": conv_case(1, 2, 5, 2, 2, 3, 2, 1, 1, 2),
     "dw3x3_s2_p01_w2": conv_case(1, 2, 3, 2, 2, 3, 2, (0, 1), 1, 2),
@@ -188,8 +195,8 @@ def test_conv2d_epilogue_vs_torch(name, kind, rng, close, isa):
 
 
 @pytest.mark.parametrize("act", [None, 0.0, 6.0], ids=["noact", "relu", "relu6"])
-@pytest.mark.parametrize("name", ["3x3", "1x1_direct", "1x1_b1", "dw3x3_s2", "wino_odd", "wino4_odd",
-                                  "g2_3x3_chunked"])
+@pytest.mark.parametrize("name", ["3x3", "1x1_direct", "1x1_b1", "dw3x3_s2", "dw3x3_flat7", "wino_odd",
+                                  "wino4_odd", "g2_3x3_chunked"])
 def test_conv2d_folded_bn_equals_conv_then_bn(name, act, rng, close, isa):
     """A conv with an eval-mode BN folded into its epilogue (scale, shift as
     dmcp.models computes them) gives what the conv and then BN's eval pass give."""
@@ -1171,6 +1178,12 @@ THREAD_SCRIPT = textwrap.dedent("""
     dxd, dwd = np.zeros_like(x), np.zeros_like(wd)
     C.conv2d_backward(dxd, dwd, None, r(*outd.shape), x, wd, 1, 1, 1, 1, 1, 1, 8)
     res.update(dw_out=outd, dw_dx=dxd, dw_dw=dwd)
+    xg = r(4, 8, 12, 70)                     # wider than the flat path takes: the grid
+    outg = np.empty_like(xg)
+    C.conv2d_forward(outg, xg, wd, None, 1, 1, 1, 1, 1, 1, 8)
+    dxg, dwg = np.zeros_like(xg), np.zeros_like(wd)
+    C.conv2d_backward(dxg, dwg, None, r(*outg.shape), xg, wd, 1, 1, 1, 1, 1, 1, 8)
+    res.update(dwg_out=outg, dwg_dx=dxg, dwg_dw=dwg)
     # 1x1 conv and linear (BLAS paths)
     w1 = r(32, 8, 1, 1)
     out1 = np.empty((4, 32, 16, 16), f32)

@@ -499,6 +499,29 @@ def test_backward_accumulates(pairs, close):
         close(p.grad, 2 * once[n], "backward accumulates", rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("arch", ["resnet50", "mbv2", "cifar20"])
+def test_backward_without_the_image_gradient_gives_the_same_weight_gradients(arch, pairs):
+    """Training asks for no input gradient (need_dinp=False): the stem skips its
+    backward-data, returns None, and every parameter gradient is bit-identical."""
+    model, _ = pairs(arch)
+    model.train()
+    rng = np.random.default_rng(5)
+    s = SIZES[arch]
+    x = rng.normal(size=(2, IN_CHANNELS[arch], s, s)).astype(np.float32)
+    dl = rng.normal(size=(2, NUM_CLASSES[arch])).astype(np.float32)
+    grads = []
+    for need in (True, False):
+        model.zero_grad()
+        model(x)
+        dx = model.backward(dl, need_dinp=need)
+        assert (dx is None) == (not need)
+        grads.append({n: p.grad.copy() for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        np.testing.assert_array_equal(grads[1][n], grads[0][n], err_msg=n)
+    model.zero_grad()
+
+
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50", "mbv2", "cifar20"])
 def test_no_grad_eval_folds_bn_and_matches_pytorch(arch, pairs, close):
     """Under nn.no_grad an eval-mode model runs each conv with its BN and
