@@ -14,8 +14,13 @@
  * mask from x exactly and keeps neither z nor y. */
 #include <math.h>
 #include <omp.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include "batchnorm.h"
+#if defined(__SSE__)
+#include <immintrin.h>
+#endif
 
 /* z = x*a + b, the same expression in forward and backward: fused where the
  * ISA has FMA (without it fmaf is a slow library call that stops
@@ -65,6 +70,50 @@ static void channel_sums(const double *part, int n, int c, int ch, double *s1, d
     *s2 = b2;
 }
 
+/* Outputs of tensors this large are written with streaming stores: they go
+ * to memory without first reading each line in, and the next layer reads
+ * them from memory either way. */
+#define BN_STREAM_MIN_BYTES ((size_t)32 << 20)
+
+/* y[i] = src[i], i < len, streaming where y is 16-byte aligned.  The caller
+ * fences (_mm_sfence) before anything else reads y. */
+static void stream_copy(float *restrict y, const float *restrict src, int len)
+{
+    int i = 0;
+#if defined(__SSE__)
+    for (; i < len && ((uintptr_t)(y + i) & 15) != 0; i++)
+        y[i] = src[i];
+    for (; i + 4 <= len; i += 4)
+        _mm_stream_ps(y + i, _mm_loadu_ps(src + i));
+#endif
+    for (; i < len; i++)
+        y[i] = src[i];
+}
+
+static void stream_fence(void)
+{
+#if defined(__SSE__)
+    _mm_sfence();
+#endif
+}
+
+static void row_apply(float *restrict y, const float *restrict x, int hw, float a, float b,
+                      int act, float hi);
+
+enum { BN_CHUNK = 256 };
+
+/* row_apply through a chunk on the stack and streaming stores. */
+static void row_apply_stream(float *restrict y, const float *restrict x, int hw, float a,
+                             float b, int act, float hi)
+{
+    float t[BN_CHUNK];
+    for (int i0 = 0; i0 < hw; i0 += BN_CHUNK) {
+        const int len = DMCP_MIN(BN_CHUNK, hw - i0);
+        row_apply(t, x + i0, len, a, b, act, hi);
+        stream_copy(y + i0, t, len);
+    }
+}
+
 /* y = act(x * a + b) over one row of hw values. */
 static void row_apply(float *restrict y, const float *restrict x, int hw, float a, float b,
                       int act, float hi)
@@ -99,7 +148,6 @@ static void channel_coefs(float *a, float *b, int c0, int c1, const float *mean,
 /* Up to BN_CHUNK masked gradients are formed in float on the stack, then
  * summed in double: two loops that each vectorise on any ISA (one loop with
  * both fell back to a branchy scalar loop on AVX2, 5x slower). */
-enum { BN_CHUNK = 256 };
 
 /* s1 = sum dz, s2 = sum dz * (x - m) over one row, dz = dy where
  * 0 < fmaf(x, a, b) < hi, else 0. */
@@ -139,6 +187,7 @@ dmcp_status batchnorm_forward_train(float *out, float *save_mean, float *save_in
     if (count < 1) return DMCP_ERR_SHAPE;
     const int act = act_on(ep), cb = channel_block(n, c, hw), nblocks = (c + cb - 1) / cb;
     const float hi = act_hi(ep);
+    const bool stream = count * c * sizeof(float) >= BN_STREAM_MIN_BYTES;
     double *part = malloc((size_t)n * c * 2 * sizeof *part);  /* per row: sum, sum of squares */
     float *ab = malloc((size_t)c * 2 * sizeof *ab);            /* per channel: a, b */
     if (!part || !ab) { free(part); free(ab); return DMCP_ERR_NOMEM; }
@@ -180,8 +229,11 @@ dmcp_status batchnorm_forward_train(float *out, float *save_mean, float *save_in
         channel_coefs(ab, ab + c, c0, c1, save_mean, save_invstd, gamma, beta, ep);
         for (int b = 0; b < n; b++)
             for (int ch = c0; ch < c1; ch++)
-                row_apply(out + ((size_t)b * c + ch) * hw, inp + ((size_t)b * c + ch) * hw, hw,
-                          ab[ch], ab[c + ch], act, hi);
+                (stream ? row_apply_stream : row_apply)(out + ((size_t)b * c + ch) * hw,
+                                                        inp + ((size_t)b * c + ch) * hw, hw,
+                                                        ab[ch], ab[c + ch], act, hi);
+        if (stream)
+            stream_fence();
     }
     free(part);
     free(ab);
@@ -221,6 +273,7 @@ dmcp_status batchnorm_backward(float *dinp, float *dgamma, float *dbeta,
     const double count = (double)n * hw;
     const int act = act_on(ep), cb = channel_block(n, c, hw), nblocks = (c + cb - 1) / cb;
     const float hi = act_hi(ep);
+    const bool stream = !accumulate && (size_t)count * c * sizeof(float) >= BN_STREAM_MIN_BYTES;
     double *part = malloc((size_t)n * c * 2 * sizeof *part);  /* per row: S1, S2 below */
     float *coef = malloc((size_t)c * 5 * sizeof *coef);        /* per channel: a, b, g, k1, k2 */
     double *dPc = malloc((size_t)c * sizeof *dPc);             /* each channel's share of dP */
@@ -280,15 +333,25 @@ dmcp_status batchnorm_backward(float *dinp, float *dgamma, float *dbeta,
                         dx[i] += g * (dz - q1 - (x[i] - m) * q2);
                     }
                 } else {
-                    #pragma omp simd
-                    for (int i = 0; i < hw; i++) {
-                        const float z = BN_AFFINE(x[i], a, bb), d = dy[i];
-                        const float dz = (!act || ((z > 0.0f) & (z < hi))) ? d : 0.0f;
-                        dx[i] = g * (dz - q1 - (x[i] - m) * q2);
+                    float t[BN_CHUNK];
+                    for (int i0 = 0; i0 < hw; i0 += BN_CHUNK) {
+                        const int len = DMCP_MIN(BN_CHUNK, hw - i0);
+                        const float *xs = x + i0, *ds = dy + i0;
+                        float *out = stream ? t : dx + i0;
+                        #pragma omp simd
+                        for (int i = 0; i < len; i++) {
+                            const float z = BN_AFFINE(xs[i], a, bb), d = ds[i];
+                            const float dz = (!act || ((z > 0.0f) & (z < hi))) ? d : 0.0f;
+                            out[i] = g * (dz - q1 - (xs[i] - m) * q2);
+                        }
+                        if (stream)
+                            stream_copy(dx + i0, t, len);
                     }
                 }
             }
         }
+        if (stream)
+            stream_fence();
     }
     if (ep && ep->P && ep->dP) {
         for (int k = 0; k < ep->ngroups; k++) {
