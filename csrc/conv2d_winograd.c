@@ -21,7 +21,8 @@
  * F(4x4, 3x3) (wino4_*) is the same scheme with 6x6 input tiles and 36
  * transformed points per 4x4 output tile: 36 products where direct sums take
  * 144 (F(2x2): 16 for 36), for wide layers over many tiles (conv_wino_m).
- * Forward and backward-data only; backward-weight stays F(2x2). */
+ * Backward-weight of layers with 128+ channels each way takes F(4x4) too
+ * (wino4_backward_weight, at the end). */
 
 #define WINO_MAX_ROW 4096      /* widest padded row of tiles the stack buffers hold */
 #define WINO_TB_MAX 256        /* most tiles in a block (F(4x4)'s buffers live on the stack) */
@@ -96,15 +97,22 @@ static bool conv_use_wino2(const conv_shape *s, int pass)
 #ifndef WINO4_MIN_TILES
 #define WINO4_MIN_TILES 192
 #endif
+/* Backward-weight (wino4_backward_weight) takes 128+ channels each way over
+ * as many tiles: on 2 threads it ran ResNet-50's 128@28, 256@14 and 512@7
+ * layers (batch 16) at 1.15-1.25x the tiled path (AVX-512) and 1.1-1.5x
+ * F(2x2) (AVX2), but 64@56 at 0.7x, its V and dM too large for the caches. */
+#define WINO4_DW_MIN_CH 128
+#define WINO4_DW_MIN_TILES 192
 
 /* The output tile size of the Winograd pass (0 forward, 1 backward-data,
  * 2 backward-weight) for this shape: 4, 2, or 0 where another path runs. */
 static int conv_wino_m(const conv_shape *s, int pass)
 {
-    if (pass != 2 && conv_is_wino(s) && s->c >= WINO4_MIN_CH && s->oc >= WINO4_MIN_CH) {
+    const int min_ch = pass == 2 ? WINO4_DW_MIN_CH : WINO4_MIN_CH;
+    if (conv_is_wino(s) && s->c >= min_ch && s->oc >= min_ch) {
         const long long th = pass == 1 ? (s->h + 3) / 4 : (s->oh + 3) / 4;
         const long long tw = pass == 1 ? (s->w + 3) / 4 : (s->ow + 3) / 4;
-        if (s->n * th * tw >= WINO4_MIN_TILES)
+        if (s->n * th * tw >= (pass == 2 ? WINO4_DW_MIN_TILES : WINO4_MIN_TILES))
             return 4;
     }
     return conv_use_wino2(s, pass) ? 2 : 0;
@@ -403,9 +411,20 @@ static inline void wino4_at(float *const o[4], const float *q0, const float *q1,
  * channel the block's tiles are gathered tap by tap (P[y][x][j] = row y, column
  * x of tile j), so both 1-D transforms run over all the block's tiles at once:
  * down the columns, then along the rows straight into V. */
+static void wino4_inputs_ld(float *V, ptrdiff_t ld, bool pad, const float *in, const wino_geom *g,
+                            ptrdiff_t t0, int cnt);
+
 static void wino4_inputs(float *V, const float *in, const wino_geom *g, ptrdiff_t t0, int cnt)
 {
-    const ptrdiff_t plane = (ptrdiff_t)g->k * g->tb;
+    wino4_inputs_ld(V, g->tb, true, in, g, t0, cnt);
+}
+
+/* wino4_inputs with V[xi][k] rows ld floats apart (tile j at column j); `pad`
+ * zeroes columns cnt .. tb. */
+static void wino4_inputs_ld(float *V, ptrdiff_t ld, bool pad, const float *in, const wino_geom *g,
+                            ptrdiff_t t0, int cnt)
+{
+    const ptrdiff_t plane = (ptrdiff_t)g->k * ld;
     float P[6][6][WINO_TB_MAX], T[6][6][WINO_TB_MAX];
     for (int k = 0; k < g->k; k++) {
         for (ptrdiff_t t = t0; t < t0 + cnt;) {
@@ -450,14 +469,14 @@ static void wino4_inputs(float *V, const float *in, const wino_geom *g, ptrdiff_
             float *const o[6] = {T[0][x], T[1][x], T[2][x], T[3][x], T[4][x], T[5][x]};
             wino4_bt(o, P[0][x], P[1][x], P[2][x], P[3][x], P[4][x], P[5][x], cnt);
         }
-        float *v = V + (ptrdiff_t)k * g->tb;
+        float *v = V + (ptrdiff_t)k * ld;
         for (int i = 0; i < 6; i++) {             /* V = T B, along the rows */
             float *const o[6] = {v + (i * 6 + 0) * plane, v + (i * 6 + 1) * plane,
                                  v + (i * 6 + 2) * plane, v + (i * 6 + 3) * plane,
                                  v + (i * 6 + 4) * plane, v + (i * 6 + 5) * plane};
             wino4_bt(o, T[i][0], T[i][1], T[i][2], T[i][3], T[i][4], T[i][5], cnt);
         }
-        for (int xi = 0; xi < 36; xi++)
+        for (int xi = 0; pad && xi < 36; xi++)
             memset(v + xi * plane + cnt, 0, (size_t)(g->tb - cnt) * sizeof *v);
     }
 }
@@ -660,8 +679,15 @@ static void wino_dout_tiles(float *dM, const float *dout, const wino_geom *g, pt
     }
 }
 
+static ptrdiff_t wino4_dw_floats(const wino_geom *g);
+
 static ptrdiff_t wino_dw_scratch(const conv_shape *s, int threads)
 {
+    if (conv_wino_m(s, 2) == 4) {
+        const wino_geom g = wino_geom_of(4, s->n, s->c, s->h, s->w, s->oc, s->oh, s->ow,
+                                         s->ph, s->pw);
+        return wino4_dw_floats(&g);
+    }
     if (!conv_is_wino_dw(s))
         return 0;
     const wino_geom g = wino_geom_of(2, s->n, s->c, s->h, s->w, s->oc, s->oh, s->ow, s->ph, s->pw);
@@ -670,9 +696,16 @@ static ptrdiff_t wino_dw_scratch(const conv_shape *s, int threads)
     return wino_dw_floats(&g, slots, DMCP_MIN(slots, threads));
 }
 
+static void wino4_backward_weight(float *dweight, const float *dout, const float *inp,
+                                  const conv_shape *s, float *scratch);
+
 static void wino_backward_weight(float *dweight, const float *dout, const float *inp,
                                  const conv_shape *s, float *scratch)
 {
+    if (conv_wino_m(s, 2) == 4) {
+        wino4_backward_weight(dweight, dout, inp, s, scratch);
+        return;
+    }
     const wino_geom g = wino_geom_of(2, s->n, s->c, s->h, s->w, s->oc, s->oh, s->ow, s->ph, s->pw);
     const ptrdiff_t kp = round_up(g.k, CONV_NR), dusz = (ptrdiff_t)16 * g.rp * kp;
     const ptrdiff_t tiles = (ptrdiff_t)g.n * g.th * g.tw;
@@ -750,6 +783,155 @@ static void wino_backward_weight(float *dweight, const float *dout, const float 
                     dw[y * 3 + 0] += t3[y][0] + 0.5f * (t3[y][1] + t3[y][2]);
                     dw[y * 3 + 1] += 0.5f * (t3[y][1] - t3[y][2]);
                     dw[y * 3 + 2] += 0.5f * (t3[y][1] + t3[y][2]) + t3[y][3];
+                }
+            }
+        }
+    }
+}
+
+/* ---- F(4x4) backward-weight ----
+ *
+ * The adjoint of the F(4x4) forward: dU[xi] (R, K) = dM[xi] (R, tiles) @
+ * V[xi]^T, V = B^T d B of the 6x6 input tiles (as the forward), dM = A dy A^T
+ * of the 4x4 output-gradient tiles (6x6), then dW += G^T dU G per (r, k).
+ * The tiles are cut into chunks of at most WINO4_DW_FLOATS floats of V and dM
+ * (whole blocks).  Per chunk, the threads transform blocks of tiles straight
+ * into the chunk's V and dM, then share out the 36 GEMMs, each one OpenBLAS
+ * call over the whole chunk that adds into dU.  Chunks run in order and each
+ * sum's order depends on the shape only, so not on the thread count. */
+
+#define WINO4_DW_FLOATS ((ptrdiff_t)1 << 22)
+
+/* Tiles per chunk: whole blocks, at least one. */
+static ptrdiff_t wino4_dw_chunk(const wino_geom *g)
+{
+    const ptrdiff_t tiles = (ptrdiff_t)g->n * g->th * g->tw;
+    const ptrdiff_t fit = WINO4_DW_FLOATS / (36 * (ptrdiff_t)(g->k + g->r)) / g->tb * g->tb;
+    return DMCP_MIN(tiles, DMCP_MAX(fit, (ptrdiff_t)g->tb));
+}
+
+/* Floats of dU, then a chunk's V and dM. */
+static ptrdiff_t wino4_dw_floats(const wino_geom *g)
+{
+    return 36 * (ptrdiff_t)g->r * g->k + 36 * wino4_dw_chunk(g) * (g->k + g->r);
+}
+
+/* The 1-D transform A of 4 points into 6, at each of n positions (the
+ * adjoint of wino4_at). */
+static inline void wino4_a(float *const o[6], const float *d0, const float *d1, const float *d2,
+                           const float *d3, int n)
+{
+    float *restrict o0 = o[0], *restrict o1 = o[1], *restrict o2 = o[2];
+    float *restrict o3 = o[3], *restrict o4 = o[4], *restrict o5 = o[5];
+    #pragma omp simd
+    for (int j = 0; j < n; j++) {
+        const float a = d0[j], b = d1[j], c = d2[j], d = d3[j];
+        const float even = a + c, odd = b + d;
+        const float even4 = a + 4.0f * c, odd8 = 2.0f * b + 8.0f * d;
+        o0[j] = a;
+        o1[j] = even + odd;
+        o2[j] = even - odd;
+        o3[j] = even4 + odd8;
+        o4[j] = even4 - odd8;
+        o5[j] = d;
+    }
+}
+
+/* dM[xi][r][j] (rows ld floats apart) <- A dy A^T of the 4x4 output-gradient
+ * tile t0 + j of output r, cells past the output's edge 0, j < cnt: gathered
+ * tap by tap, then both 1-D transforms over all the tiles at once. */
+static void wino4_dout_tiles(float *dM, ptrdiff_t ld, const float *dout, const wino_geom *g,
+                             ptrdiff_t t0, int cnt)
+{
+    const ptrdiff_t plane = (ptrdiff_t)g->r * ld;
+    float P[4][4][WINO_TB_MAX], S[6][4][WINO_TB_MAX], buf[4 * WINO_TB_MAX];
+    for (int r = 0; r < g->r; r++) {
+        for (ptrdiff_t t = t0; t < t0 + cnt;) {
+            const wino_run run = wino_run_at(g, t, t0 + cnt);
+            const int b = run.b, ty = run.ty, tx0 = run.tx0, nt = run.tx1 - run.tx0;
+            const int j0 = (int)(t - t0);
+            t += nt;
+            const float *src = dout + ((ptrdiff_t)b * g->r + r) * g->oh * g->ow;
+            const int ox0 = 4 * tx0, len = 4 * nt, valid = DMCP_MIN(len, g->ow - ox0);
+            for (int y = 0; y < 4; y++) {
+                const int oy = 4 * ty + y, have = oy < g->oh ? valid : 0;
+                if (have > 0)
+                    memcpy(buf, src + (ptrdiff_t)oy * g->ow + ox0, (size_t)have * sizeof *buf);
+                for (int x = have; x < len; x++)
+                    buf[x] = 0.0f;
+                for (int x = 0; x < 4; x++)
+                    for (int j = 0; j < nt; j++)
+                        P[y][x][j0 + j] = buf[4 * j + x];
+            }
+        }
+        for (int x = 0; x < 4; x++) {             /* S = A dy, down each column */
+            float *const o[6] = {S[0][x], S[1][x], S[2][x], S[3][x], S[4][x], S[5][x]};
+            wino4_a(o, P[0][x], P[1][x], P[2][x], P[3][x], cnt);
+        }
+        float *m = dM + (ptrdiff_t)r * ld;
+        for (int i = 0; i < 6; i++) {             /* dM = S A^T, along the rows */
+            float *const o[6] = {m + (i * 6 + 0) * plane, m + (i * 6 + 1) * plane,
+                                 m + (i * 6 + 2) * plane, m + (i * 6 + 3) * plane,
+                                 m + (i * 6 + 4) * plane, m + (i * 6 + 5) * plane};
+            wino4_a(o, S[i][0], S[i][1], S[i][2], S[i][3], cnt);
+        }
+    }
+}
+
+static void wino4_backward_weight(float *dweight, const float *dout, const float *inp,
+                                  const conv_shape *s, float *scratch)
+{
+    const wino_geom g = wino_geom_of(4, s->n, s->c, s->h, s->w, s->oc, s->oh, s->ow, s->ph, s->pw);
+    const ptrdiff_t tiles = (ptrdiff_t)g.n * g.th * g.tw, chunk = wino4_dw_chunk(&g);
+    float *dU = scratch, *V = dU + 36 * (ptrdiff_t)g.r * g.k, *dM = V + 36 * chunk * g.k;
+    const int nth = DMCP_MIN(omp_get_max_threads(), CONV_SLOTS_MAX);
+    const int blas_threads = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    for (ptrdiff_t c0 = 0; c0 < tiles; c0 += chunk) {
+        const ptrdiff_t ct = DMCP_MIN(chunk, tiles - c0), nblocks = (ct + g.tb - 1) / g.tb;
+        #pragma omp parallel num_threads(nth)
+        {
+            #pragma omp for schedule(dynamic, 1)
+            for (ptrdiff_t blk = 0; blk < nblocks; blk++) {
+                const ptrdiff_t j0 = blk * g.tb;
+                const int cnt = (int)DMCP_MIN((ptrdiff_t)g.tb, ct - j0);
+                wino4_inputs_ld(V + j0, ct, false, inp, &g, c0 + j0, cnt);
+                wino4_dout_tiles(dM + j0, ct, dout, &g, c0 + j0, cnt);
+            }
+            #pragma omp for schedule(dynamic, 1)
+            for (int xi = 0; xi < 36; xi++)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g.r, g.k, (int)ct, 1.0f,
+                            dM + (ptrdiff_t)xi * g.r * ct, (int)ct, V + (ptrdiff_t)xi * g.k * ct,
+                            (int)ct, c0 > 0 ? 1.0f : 0.0f, dU + (ptrdiff_t)xi * g.r * g.k, g.k);
+        }
+    }
+    openblas_set_num_threads(blas_threads);
+    /* dW[r][k] += G^T dU G, inputs in runs of KB so each of the 36 planes is
+     * read contiguously */
+    enum { KB = 64 };
+    const int ldw = s->w_cin_full * 9;
+    #pragma omp parallel for schedule(static) if ((ptrdiff_t)g.r * g.k * 36 > CONV_PAR_MIN)
+    for (int r = 0; r < g.r; r++) {
+        for (int k0 = 0; k0 < g.k; k0 += KB) {
+            const int kb = DMCP_MIN(KB, g.k - k0);
+            float us[36][KB];
+            for (int xi = 0; xi < 36; xi++)
+                memcpy(us[xi], dU + ((ptrdiff_t)xi * g.r + r) * g.k + k0, (size_t)kb * sizeof(float));
+            for (int j = 0; j < kb; j++) {
+                float t3[3][6];
+                for (int x = 0; x < 6; x++) {         /* t = G^T u, down each column */
+                    const float u0 = us[x][j], u1 = us[6 + x][j], u2 = us[12 + x][j];
+                    const float u3 = us[18 + x][j], u4 = us[24 + x][j], u5 = us[30 + x][j];
+                    t3[0][x] = 0.25f * u0 - (u1 + u2) * (1.0f / 6) + (u3 + u4) * (1.0f / 24);
+                    t3[1][x] = (u2 - u1) * (1.0f / 6) + (u3 - u4) * (1.0f / 12);
+                    t3[2][x] = (u3 + u4 - u1 - u2) * (1.0f / 6) + u5;
+                }
+                float *dw = dweight + (ptrdiff_t)r * ldw + (ptrdiff_t)(k0 + j) * 9;
+                for (int y = 0; y < 3; y++) {         /* dg = t G, along the rows */
+                    const float *q = t3[y];
+                    dw[y * 3 + 0] += 0.25f * q[0] - (q[1] + q[2]) * (1.0f / 6) + (q[3] + q[4]) * (1.0f / 24);
+                    dw[y * 3 + 1] += (q[2] - q[1]) * (1.0f / 6) + (q[3] - q[4]) * (1.0f / 12);
+                    dw[y * 3 + 2] += (q[3] + q[4] - q[1] - q[2]) * (1.0f / 6) + q[5];
                 }
             }
         }
