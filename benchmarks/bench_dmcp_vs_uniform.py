@@ -5,7 +5,7 @@ from scratch with the same schedule, over several seeds, on Fashion-MNIST.
 
     python benchmarks/bench_dmcp_vs_uniform.py [--net resnet20|resnet56]
         [--budgets 0.5 0.25 0.12] [--seeds 0 1 2 3 4] [--retrain-images N]
-        [--flop-loss-weight W] [--arch-train-freq N] [--sampled]
+        [--flop-loss-weight W] [--arch-train-freq N] [--arch-lr LR] [--sampled]
         [--work-dir DIR] [--report-only]
 
 For each budget b (a fraction of the supernet's FLOPs):
@@ -29,7 +29,8 @@ Ablations, each reported as rows of its own (its structures, work dirs and
 results carry a tag): `--flop-loss-weight W` searches with that budget-loss
 weight instead of the config's 0.1; `--arch-train-freq N` takes an
 architecture step every N iterations instead of 5 (a longer search of the
-architecture); `--sampled` takes as DMCP's structure the search's direct
+architecture); `--arch-lr LR` gives the architecture optimizer that
+learning rate instead of 0.05; `--sampled` takes as DMCP's structure the search's direct
 sample (subnet_*.json, drawn from the Markov process as mmrazor's
 DMCPSubnetHook does) closest to the budget instead of expected_ch.json, and
 matches uniform and random structures to it.
@@ -166,19 +167,22 @@ class Ablation:
     (all empty for the shipped settings).  The search's tag names the search's
     own changes; `tag` adds how its structure is read."""
 
-    def __init__(self, weight=None, freq=None, sampled=False):
-        self.weight, self.freq, self.sampled = weight, freq, sampled
+    def __init__(self, weight=None, freq=None, sampled=False, arch_lr=None):
+        self.weight, self.freq, self.sampled, self.arch_lr = weight, freq, sampled, arch_lr
         self.search_tag = (("" if weight is None else f"_w{weight:g}")
-                           + ("" if freq is None else f"_f{freq}"))
+                           + ("" if freq is None else f"_f{freq}")
+                           + ("" if arch_lr is None else f"_lr{arch_lr:g}"))
         self.tag = self.search_tag + ("_sampled" if sampled else "")
         parts = ([] if weight is None else [f"loss weight {weight:g}"]) \
             + ([] if freq is None else [f"arch step every {freq}"]) \
+            + ([] if arch_lr is None else [f"arch lr {arch_lr:g}"]) \
             + (["direct sample"] if sampled else [])
         self.label = ", ".join(parts) or None
 
     def options(self):
         return ([] if self.weight is None else [f"model.flop_loss_weight={self.weight}"]) \
-            + ([] if self.freq is None else [f"model.arch_train_freq={self.freq}"])
+            + ([] if self.freq is None else [f"model.arch_train_freq={self.freq}"]) \
+            + ([] if self.arch_lr is None else [f"optim_wrapper.mutator.optimizer.lr={self.arch_lr}"])
 
 
 def record_label(rec):
@@ -249,7 +253,7 @@ def run(args):
     results_path = os.path.join(args.record, "results.jsonl")
     os.makedirs(args.record, exist_ok=True)
     images = args.retrain_images or 60000
-    ab = Ablation(args.flop_loss_weight, args.arch_train_freq, args.sampled)
+    ab = Ablation(args.flop_loss_weight, args.arch_train_freq, args.sampled, args.arch_lr)
     done = {(r["net"], r["budget"], r["structure"], r["seed"]) for r in load_results(results_path)
             if r["retrain_images"] == images and record_label(r) == ab.label}
     plan = {}
@@ -373,6 +377,9 @@ def main():
     p.add_argument("--arch-train-freq", type=int, default=None,
                    help="an architecture step every N iterations (an ablation; default: "
                         "the config's 5)")
+    p.add_argument("--arch-lr", type=float, default=None,
+                   help="the architecture optimizer's (Adam) learning rate (an ablation; "
+                        "default: the config's 0.05; mmrazor's DMCP configs use 0.5)")
     p.add_argument("--sampled", action="store_true",
                    help="DMCP's structure is the search's direct sample closest to the "
                         "budget, not expected_ch.json (an ablation)")
