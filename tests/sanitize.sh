@@ -41,6 +41,9 @@ import dmcp._C as C
 assert '/$OUT/' in C.__file__, C.__file__
 assert 'libasan' in open('/proc/self/maps').read(), 'AddressSanitizer is not loaded'
 print('testing', C.__file__, 'with ASan and UBSan')"
-exec "$PY" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" "$@" \
+# The F(4x4) backward-weight cases (128 channels) take minutes per ISA in the
+# -O0 naive reference; their fast path still runs here in the thread- and
+# ISA-independence test.
+exec "$PY" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" -k "not wino4_dw" "$@" \
     "$ROOT"/tests/test_kernels.py "$ROOT"/tests/test_bad_input.py "$ROOT"/tests/test_data.py \
     "$ROOT"/tests/test_units.py "$ROOT"/tests/test_checkpoint.py
