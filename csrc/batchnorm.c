@@ -97,23 +97,6 @@ static void stream_fence(void)
 #endif
 }
 
-static void row_apply(float *restrict y, const float *restrict x, int hw, float a, float b,
-                      int act, float hi);
-
-enum { BN_CHUNK = 256 };
-
-/* row_apply through a chunk on the stack and streaming stores. */
-static void row_apply_stream(float *restrict y, const float *restrict x, int hw, float a,
-                             float b, int act, float hi)
-{
-    float t[BN_CHUNK];
-    for (int i0 = 0; i0 < hw; i0 += BN_CHUNK) {
-        const int len = DMCP_MIN(BN_CHUNK, hw - i0);
-        row_apply(t, x + i0, len, a, b, act, hi);
-        stream_copy(y + i0, t, len);
-    }
-}
-
 /* y = act(x * a + b) over one row of hw values. */
 static void row_apply(float *restrict y, const float *restrict x, int hw, float a, float b,
                       int act, float hi)
@@ -128,6 +111,20 @@ static void row_apply(float *restrict y, const float *restrict x, int hw, float 
     } else {
         #pragma omp simd
         for (int i = 0; i < hw; i++) y[i] = BN_AFFINE(x[i], a, b);
+    }
+}
+
+enum { BN_CHUNK = 256 };
+
+/* row_apply through a chunk on the stack and streaming stores. */
+static void row_apply_stream(float *restrict y, const float *restrict x, int hw, float a,
+                             float b, int act, float hi)
+{
+    float t[BN_CHUNK];
+    for (int i0 = 0; i0 < hw; i0 += BN_CHUNK) {
+        const int len = DMCP_MIN(BN_CHUNK, hw - i0);
+        row_apply(t, x + i0, len, a, b, act, hi);
+        stream_copy(y + i0, t, len);
     }
 }
 
@@ -147,9 +144,8 @@ static void channel_coefs(float *a, float *b, int c0, int c1, const float *mean,
 
 /* Up to BN_CHUNK masked gradients are formed in float on the stack, then
  * summed in double: two loops that each vectorise on any ISA (one loop with
- * both fell back to a branchy scalar loop on AVX2, 5x slower). */
-
-/* s1 = sum dz, s2 = sum dz * (x - m) over one row, dz = dy where
+ * both fell back to a branchy scalar loop on AVX2, 5x slower).
+ * s1 = sum dz, s2 = sum dz * (x - m) over one row, dz = dy where
  * 0 < fmaf(x, a, b) < hi, else 0. */
 static void masked_row_sums(const float *restrict x, const float *restrict dy, int hw,
                             float a, float b, float hi, float m, double *s1, double *s2)

@@ -179,8 +179,10 @@ static void dw3_dots(float *restrict lanes, const float *restrict dg, const floa
     }
 }
 
-static void dw3_forward(float *out, const float *inp, const float *weight,
-                        const conv_epilogue *ep, const conv_shape *s, float *scratch)
+/* Every plane of src through dw3_plane: forward (dst = the epilogue of the
+ * conv) or backward-data (`transpose`: the kernel flipped, dst += it). */
+static void dw3_planes(float *dst, const float *src, const float *weight, const conv_epilogue *ep,
+                       const conv_shape *s, float *scratch, bool transpose)
 {
     const dw3_geom g = dw3_geom_of(s);
     const int c = s->c;
@@ -192,9 +194,14 @@ static void dw3_forward(float *out, const float *inp, const float *weight,
         dw3_slot_init(buf, s->w, &g);
         for (ptrdiff_t p = range_start(i, slots, planes); p < range_start(i + 1, slots, planes); p++) {
             const int ch = (int)(p % c);
-            memcpy(pl, inp + p * g.hw, (size_t)g.hw * sizeof *pl);
-            dw3_plane(grid, pl, s->w, g.n, buf, buf + g.n, weight + (ptrdiff_t)ch * 9, false);
-            conv_ep_row(out + p * g.hw, grid, g.hw, conv_ep_of(ep, ch));
+            float *restrict d = dst + p * g.hw;
+            memcpy(pl, src + p * g.hw, (size_t)g.hw * sizeof *pl);
+            dw3_plane(grid, pl, s->w, g.n, buf, buf + g.n, weight + (ptrdiff_t)ch * 9, transpose);
+            if (transpose)
+                for (ptrdiff_t f = 0; f < g.hw; f++)
+                    d[f] += grid[f];
+            else
+                conv_ep_row(d, grid, g.hw, conv_ep_of(ep, ch));
         }
     }
 }
@@ -204,23 +211,9 @@ static void dw3_backward(float *dinp, float *dweight, const float *dout, const f
 {
     const dw3_geom g = dw3_geom_of(s);
     const int c = s->c;
-    const ptrdiff_t planes = (ptrdiff_t)s->n * c;
-    const bool par = planes * g.hw * 9 > CONV_PAR_MIN;
-    if (dinp != NULL) {
-        const int slots = (int)DMCP_MIN(planes, (ptrdiff_t)DW_SLOTS);
-        #pragma omp parallel for schedule(dynamic, 1) if (par)
-        for (int i = 0; i < slots; i++) {
-            float *buf = scratch + i * g.buf, *pl = buf + 2 * g.n + g.m, *grid = pl + g.n + g.m;
-            dw3_slot_init(buf, s->w, &g);
-            for (ptrdiff_t p = range_start(i, slots, planes); p < range_start(i + 1, slots, planes); p++) {
-                float *restrict dip = dinp + p * g.hw;
-                memcpy(pl, dout + p * g.hw, (size_t)g.hw * sizeof *pl);
-                dw3_plane(grid, pl, s->w, g.n, buf, buf + g.n, weight + (p % c) * 9, true);
-                for (ptrdiff_t f = 0; f < g.hw; f++)
-                    dip[f] += grid[f];
-            }
-        }
-    }
+    const bool par = (ptrdiff_t)s->n * c * g.hw * 9 > CONV_PAR_MIN;
+    if (dinp != NULL)
+        dw3_planes(dinp, dout, weight, NULL, s, scratch, true);
     if (dweight != NULL) {
         const int slots = DMCP_MIN(c, DW_SLOTS);
         /* float lane sums take up to DW3_FLUSH products each before a double sum */
@@ -466,7 +459,7 @@ static void dw_forward(float *out, const float *inp, const float *weight,
     const ptrdiff_t planes = (ptrdiff_t)s->n * c;
     const ptrdiff_t hw = (ptrdiff_t)s->h * s->w, ohw = (ptrdiff_t)s->oh * s->ow;
     if (dw3_takes(s)) {
-        dw3_forward(out, inp, weight, ep, s, scratch);
+        dw3_planes(out, inp, weight, ep, s, scratch, false);
         return;
     }
     const dw_tiling t = dw_tiling_of(s, planes);
