@@ -8,24 +8,50 @@ import os
 import platform
 import shlex
 import subprocess
+import sysconfig
 
 import numpy
 from setuptools import Extension, setup
 
 
+def pkg_config(name, env=None):
+    """(cflags, libs) that pkg-config knows for name, or None."""
+    try:
+        cflags = subprocess.check_output(["pkg-config", "--cflags", name], text=True, env=env)
+        libs = subprocess.check_output(["pkg-config", "--libs", name], text=True, env=env)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return shlex.split(cflags), shlex.split(libs)
+
+
 def openblas_flags():
-    """Compiler and linker flags of OpenBLAS, from pkg-config when it knows it."""
+    """(threading, cflags, libs) of the OpenBLAS to link.  First choice is the
+    build whose threads are OpenMP's (Debian's libopenblas-openmp-dev): its GEMMs
+    then run on dmcp's own OpenMP threads, one pool, so idle threads may spin
+    between kernels instead of sleeping.  It is found through its own pkg-config
+    file and pinned with a run path, because the system's default libopenblas.so.0
+    may be another build.  DMCP_BLAS=pthread skips it."""
+    multiarch = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
+    omp_dir = f"/usr/lib/{multiarch}/openblas-openmp"
+    if os.environ.get("DMCP_BLAS", "openmp") != "pthread" and os.path.isdir(omp_dir):
+        env = dict(os.environ, PKG_CONFIG_PATH=f"{omp_dir}/pkgconfig")
+        found = pkg_config("openblas", env)
+        if found is not None:
+            return "openmp", found[0], found[1] + [f"-Wl,-rpath,{omp_dir}"]
     for name in ("openblas", "cblas"):
-        try:
-            cflags = subprocess.check_output(["pkg-config", "--cflags", name], text=True)
-            libs = subprocess.check_output(["pkg-config", "--libs", name], text=True)
-        except (OSError, subprocess.CalledProcessError):
-            continue
-        return shlex.split(cflags), shlex.split(libs)
-    return ["-I/usr/include/x86_64-linux-gnu/openblas-pthread"], ["-lopenblas"]
+        found = pkg_config(name)
+        if found is not None:
+            return "other", found[0], found[1]
+    return "other", ["-I/usr/include/x86_64-linux-gnu/openblas-pthread"], ["-lopenblas"]
 
 
-blas_cflags, blas_libs = openblas_flags()
+blas_threading, blas_cflags, blas_libs = openblas_flags()
+# import dmcp reads this before it loads dmcp._C (libgomp takes its wait policy
+# from the environment when it is loaded): spinning idle threads pay off only
+# when OpenBLAS shares them.
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "dmcp", "_build.py"), "w") as f:
+    f.write('"""Written by setup.py: how dmcp._C was built."""\n'
+            f"BLAS_THREADING = {blas_threading!r}   # 'openmp': OpenBLAS runs on OpenMP's threads\n")
 
 
 def image_flags():

@@ -16,8 +16,9 @@ freed memory, see dmcp/__init__.py; the PyTorch workers never import dmcp):
                            tunables); plain inherited env if DMCP_KEEP_FREED_MEMORY=0
   PyTorch, glibc defaults  those two tunables removed
 The ratio column is dmcp / PyTorch with the same settings.  All three inherit
-this process's environment after `import dmcp`, so OMP_WAIT_POLICY and
-OPENBLAS_THREAD_TIMEOUT are the same for all (printed at the top).
+this process's environment after `import dmcp`, so how idle threads wait
+(GOMP_SPINCOUNT, or OMP_WAIT_POLICY and OPENBLAS_THREAD_TIMEOUT) is the same
+for all (printed at the top).
 
     python benchmarks/bench_train_step.py [--cases r50b16 r50b32 mbv2b32 r20b64]
                                           [--rounds 3] [--steps 5] [--threads 2]

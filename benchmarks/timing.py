@@ -10,7 +10,7 @@ import time
 # INT_MAX), for processes that do not import dmcp (PyTorch in the benchmarks).
 KEEP_FREED_TUNABLES = {"glibc.malloc.mmap_max": "0", "glibc.malloc.trim_threshold": "2147483647"}
 ISA_FLAGS = (("avx512f",), ("avx512_vnni", "avx512vnni"), ("avx2",), ("fma",))
-THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY",
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
               "OPENBLAS_THREAD_TIMEOUT", "OPENBLAS_CORETYPE")
 
 

@@ -208,9 +208,8 @@ static void conv_gemm_forward(float *out, const float *inp, const float *weight,
         /* images over threads, one single-threaded GEMM each: no fork/join
          * per image, no gather/scatter, every thread a whole GEMM, then the
          * epilogue on its image while it is in cache */
-        const int blas_threads = openblas_get_num_threads();
-        openblas_set_num_threads(1);
-        #pragma omp parallel for schedule(dynamic, 1)
+        const int blas_threads = blas_solo_begin();
+                #pragma omp parallel for schedule(dynamic, 1)
         for (int b = 0; b < s->n; b++) {
             float *ob = out + (ptrdiff_t)b * s->oc * ohw;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->oc, (int)ohw, k, 1.0f,
@@ -218,7 +217,7 @@ static void conv_gemm_forward(float *out, const float *inp, const float *weight,
             for (int o = 0; ep != NULL && o < s->oc; o++)
                 conv_ep_row(ob + o * ohw, ob + o * ohw, ohw, conv_ep_of(ep, o));
         }
-        openblas_set_num_threads(blas_threads);
+        blas_solo_end(blas_threads);
         return;
     }
     const int chunk = conv_chunk(s);
@@ -266,9 +265,8 @@ static void conv_pointwise_backward(float *dinp, float *dweight, const float *do
     const int c = s->c, oc = s->oc, ldw = s->w_cin_full;
     const ptrdiff_t hw = (ptrdiff_t)s->h * s->w;
     const int slots = DMCP_MIN(s->n, CONV_SLOTS);
-    const int blas_threads = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-    if (dinp != NULL) {
+    const int blas_threads = blas_solo_begin();
+        if (dinp != NULL) {
         #pragma omp parallel for schedule(dynamic, 1)
         for (int b = 0; b < s->n; b++)
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c, (int)hw, oc, 1.0f, weight, ldw,
@@ -286,7 +284,7 @@ static void conv_pointwise_backward(float *dinp, float *dweight, const float *do
                             (int)hw, b == b0 ? 0.0f : 1.0f, part, c);
         }
     }
-    openblas_set_num_threads(blas_threads);
+    blas_solo_end(blas_threads);
     if (dweight == NULL)
         return;
     #pragma omp parallel for schedule(static) if ((ptrdiff_t)oc * c * slots > CONV_PAR_MIN)

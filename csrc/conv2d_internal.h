@@ -44,6 +44,25 @@
 #include <stdbool.h>
 #include <string.h>
 
+/* OpenBLAS called inside an OpenMP loop must run in the calling thread.  Its
+ * OpenMP build does so by itself (and there openblas_set_num_threads would set
+ * dmcp's own OpenMP thread count); a pthreads build is told to, and told back
+ * after the loop (blas_solo_end with what blas_solo_begin returned). */
+static inline int blas_solo_begin(void)
+{
+    if (openblas_get_parallel() != 1)
+        return 0;
+    const int n = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    return n;
+}
+
+static inline void blas_solo_end(int threads)
+{
+    if (threads > 0)
+        openblas_set_num_threads(threads);
+}
+
 /* Below this many floats of work an OpenMP region costs more than it saves. */
 #define CONV_PAR_MIN 16384
 #define CONV_SLOTS 8           /* batch slices; also the weight-gradient partial sums */

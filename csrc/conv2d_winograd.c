@@ -885,9 +885,8 @@ static void wino4_backward_weight(float *dweight, const float *dout, const float
     const ptrdiff_t tiles = (ptrdiff_t)g.n * g.th * g.tw, chunk = wino4_dw_chunk(&g);
     float *dU = scratch, *V = dU + 36 * (ptrdiff_t)g.r * g.k, *dM = V + 36 * chunk * g.k;
     const int nth = DMCP_MIN(omp_get_max_threads(), CONV_SLOTS_MAX);
-    const int blas_threads = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-    for (ptrdiff_t c0 = 0; c0 < tiles; c0 += chunk) {
+    const int blas_threads = blas_solo_begin();
+        for (ptrdiff_t c0 = 0; c0 < tiles; c0 += chunk) {
         const ptrdiff_t ct = DMCP_MIN(chunk, tiles - c0), nblocks = (ct + g.tb - 1) / g.tb;
         #pragma omp parallel num_threads(nth)
         {
@@ -905,7 +904,7 @@ static void wino4_backward_weight(float *dweight, const float *dout, const float
                             (int)ct, c0 > 0 ? 1.0f : 0.0f, dU + (ptrdiff_t)xi * g.r * g.k, g.k);
         }
     }
-    openblas_set_num_threads(blas_threads);
+    blas_solo_end(blas_threads);
     /* dW[r][k] += G^T dU G, inputs in runs of KB so each of the 36 planes is
      * read contiguously */
     enum { KB = 64 };

@@ -29,15 +29,34 @@ def _pick_openblas_kernels():
 
 
 _pick_openblas_kernels()
-# OpenMP loops (im2col, BN, ...) alternate with OpenBLAS's own threads; idle
-# OpenMP workers that spin steal the 2 cores from the GEMM (measured: 3x3 conv
-# forward 21 -> 90 GFLOP/s with a passive wait).  libgomp reads this at load.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# The other side of the same contention: OpenBLAS's idle threads spin on
-# sched_yield for 2^28 cycles by default after every GEMM, while the OpenMP
-# loops that follow need both cores.  2^4 cycles: MobileNetV2 batch-32 step
-# 0.5 CPU-s less system time, about 25% faster (benchmarks/RESULTS.md).
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+
+def _set_wait_policy():
+    """How idle OpenMP threads wait; libgomp reads it when dmcp._C loads it.
+    Built on OpenMP-threaded OpenBLAS (dmcp/_build.py), every kernel and GEMM
+    runs on one pool, and a worker that spins for about a millisecond
+    (GOMP_SPINCOUNT=100000) picks up the next kernel at once: a ResNet-20 step
+    runs 16-20% faster than with workers that sleep at once, ResNet-50 7%
+    (benchmarks/RESULTS.md).  With another OpenBLAS its own threads would fight
+    spinning workers for the cores (ResNet-50 20% slower), so they sleep at once
+    (OMP_WAIT_POLICY=PASSIVE) and OpenBLAS's idle threads give up after 2^4
+    cycles (OPENBLAS_THREAD_TIMEOUT=4; they spin 2^28 by default).  A choice
+    the user made in the environment wins."""
+    try:
+        from ._build import BLAS_THREADING
+    except ImportError:          # built some other way
+        BLAS_THREADING = "other"
+    if BLAS_THREADING != "openmp":
+        os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    if BLAS_THREADING == "openmp":
+        os.environ["GOMP_SPINCOUNT"] = "100000"
+    else:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+_set_wait_policy()
 
 try:
     from . import _C  # noqa: E402  (after the core-type choice)

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 MODE="${1:-}"
 case "$MODE" in ""|--dist|--test) ;; *) echo "usage: bash tools/install.sh [--dist|--test]" >&2; exit 2;; esac
 
-PKGS="build-essential pkg-config libopenblas-dev libyaml-dev libturbojpeg0-dev libpng-dev dataset-fashion-mnist"
+PKGS="build-essential pkg-config libopenblas-dev libopenblas-openmp-dev libyaml-dev libturbojpeg0-dev libpng-dev dataset-fashion-mnist"
 [ "$MODE" = "--dist" ] && PKGS="$PKGS openmpi-bin libopenmpi-dev"
 [ "$MODE" = "--test" ] && PKGS="$PKGS openmpi-bin libopenmpi-dev slurm-wlm munge"
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
