@@ -2,6 +2,8 @@
 reference computed from the same float32 data), the optimised kernels against
 their _naive siblings, central finite differences of dmcp's own forwards, and
 thread-count independence.  Shapes are tiny and awkward on purpose."""
+import copy
+import hashlib
 import os
 import subprocess
 import sys
@@ -137,6 +139,27 @@ def dmcp_conv(cs, x, wt, b, dout, naive=False):
     return out, dx, dw, db
 
 
+_NAIVE = {}
+
+
+def naive_once(tag, inputs, run):
+    """run() -- a naive kernel on these inputs -- once for all ISA variants: the
+    naive kernels are every variant's reference, and under the sanitizers a
+    128-channel case costs seconds a run.  Each variant's test gets its own
+    copy; the last variant to ask frees the entry."""
+    h = hashlib.blake2b(tag.encode(), digest_size=16)
+    for a in inputs:
+        h.update(b"-" if a is None else np.ascontiguousarray(a).tobytes())
+    key = h.digest()
+    if key not in _NAIVE:
+        _NAIVE[key] = [run(), 0]
+    entry = _NAIVE[key]
+    entry[1] += 1
+    if entry[1] == len(C.isa_available()):
+        del _NAIVE[key]
+    return copy.deepcopy(entry[0])
+
+
 def torch_conv(cs, x, wt, b, dout):
     xt, wtt, bt = T(x, True), T(wt, True), T(b, b is not None)
     y = F.conv2d(xt, wtt, bt, cs["stride"], cs["pad"], cs["dil"], cs["groups"])
@@ -165,7 +188,8 @@ def test_conv2d_matches_naive(name, rng, close, isa):
     cs = CONV_CASES[name]
     x, wt, b, dout = conv_data(rng, cs, True)
     fast = dmcp_conv(cs, x, wt, b, dout)
-    naive = dmcp_conv(cs, x, wt, b, dout, naive=True)
+    naive = naive_once(f"conv2d {name}", (x, wt, b, dout),
+                       lambda: dmcp_conv(cs, x, wt, b, dout, naive=True))
     # F(4x4)'s transforms scale by up to 8 and 1/24: with 128 channels its
     # rounding reaches 1e-5 of the largest value (F(2x2) and the rest: 1e-6)
     rtol = 3e-5 if name.startswith("wino4") else 1e-5
@@ -200,10 +224,15 @@ def test_conv2d_epilogue_vs_torch(name, kind, rng, close, isa):
         y = y + T(shift)[:, None, None]
     if act is not None:
         y = y.clamp(0.0, act if act > 0 else None)
-    for fwd in (C.conv2d_forward, C.conv2d_forward_naive):
+    def forward(fwd):
         out = np.full((cs["n"], cs["oc"], *conv_out_hw(cs)), np.nan, f32)
         fwd(out, x, wt, shift, *conv_args(cs), scale=scale, act=act)
-        close(out, npy(y), "conv2d epilogue")
+        return out
+
+    close(forward(C.conv2d_forward), npy(y), "conv2d epilogue")
+    naive = naive_once(f"conv2d epilogue {name} {kind}", (x, wt, scale, shift),
+                       lambda: forward(C.conv2d_forward_naive))
+    close(naive, npy(y), "conv2d epilogue (naive)")
 
 
 @pytest.mark.parametrize("act", [None, 0.0, 6.0], ids=["noact", "relu", "relu6"])
@@ -306,7 +335,11 @@ def test_conv2d_channel_sliced(name, naive, rng, close, isa):
     wfull = randn(rng, ocf, cf, kh, kw, scale=0.3)
     bfull = randn(rng, ocf)
     dout = randn(rng, cs["n"], oc, *conv_out_hw(cs))
-    out, dx, dwf, dbf = dmcp_conv(cs, x, wfull, bfull, dout, naive=naive)
+    if naive:
+        out, dx, dwf, dbf = naive_once(f"conv2d sliced {name}", (x, wfull, bfull, dout),
+                                       lambda: dmcp_conv(cs, x, wfull, bfull, dout, naive=True))
+    else:
+        out, dx, dwf, dbf = dmcp_conv(cs, x, wfull, bfull, dout)
     want = torch_conv(cs, x, wfull[:oc, :c], bfull[:oc], dout)
     close(out, want[0], "conv2d sliced out")
     close(dx, want[1], "conv2d sliced dinp")
