@@ -209,7 +209,7 @@ static void conv_gemm_forward(float *out, const float *inp, const float *weight,
          * per image, no gather/scatter, every thread a whole GEMM, then the
          * epilogue on its image while it is in cache */
         const int blas_threads = blas_solo_begin();
-                #pragma omp parallel for schedule(dynamic, 1)
+        #pragma omp parallel for schedule(dynamic, 1)
         for (int b = 0; b < s->n; b++) {
             float *ob = out + (ptrdiff_t)b * s->oc * ohw;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->oc, (int)ohw, k, 1.0f,
@@ -266,7 +266,7 @@ static void conv_pointwise_backward(float *dinp, float *dweight, const float *do
     const ptrdiff_t hw = (ptrdiff_t)s->h * s->w;
     const int slots = DMCP_MIN(s->n, CONV_SLOTS);
     const int blas_threads = blas_solo_begin();
-        if (dinp != NULL) {
+    if (dinp != NULL) {
         #pragma omp parallel for schedule(dynamic, 1)
         for (int b = 0; b < s->n; b++)
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c, (int)hw, oc, 1.0f, weight, ldw,

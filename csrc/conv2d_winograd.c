@@ -414,6 +414,19 @@ static inline void wino4_at(float *const o[4], const float *q0, const float *q1,
 static void wino4_inputs_ld(float *V, ptrdiff_t ld, bool pad, const float *in, const wino_geom *g,
                             ptrdiff_t t0, int cnt);
 
+/* buf[0 .. len) <- columns x0 .. x0 + len - 1 of a row w floats wide, zero
+ * outside it (F(4x4)'s tile gathers copy a row's span, then split it by phase). */
+static void wino_row_span(float *buf, const float *row, int x0, int len, int w)
+{
+    const int lo = DMCP_MIN(len, DMCP_MAX(0, -x0)), hi = DMCP_MAX(lo, DMCP_MIN(len, w - x0));
+    for (int x = 0; x < lo; x++)
+        buf[x] = 0.0f;
+    if (hi > lo)
+        memcpy(buf + lo, row + (x0 + lo), (size_t)(hi - lo) * sizeof *buf);
+    for (int x = hi; x < len; x++)
+        buf[x] = 0.0f;
+}
+
 static void wino4_inputs(float *V, const float *in, const wino_geom *g, ptrdiff_t t0, int cnt)
 {
     wino4_inputs_ld(V, g->tb, true, in, g, t0, cnt);
@@ -434,7 +447,6 @@ static void wino4_inputs_ld(float *V, ptrdiff_t ld, bool pad, const float *in, c
             t += nt;
             const float *src = in + ((ptrdiff_t)b * g->k + k) * g->h * g->w;
             const int x0 = 4 * tx0 - g->pw, len = 4 * nt + 4;
-            const int lo = DMCP_MIN(len, DMCP_MAX(0, -x0)), hi = DMCP_MAX(lo, DMCP_MIN(len, g->w - x0));
             for (int y = 0; y < 6; y++) {
                 const int iy = 4 * ty - g->ph + y;
                 float *p0 = P[y][0] + j0, *p1 = P[y][1] + j0, *p2 = P[y][2] + j0;
@@ -447,14 +459,8 @@ static void wino4_inputs_ld(float *V, ptrdiff_t ld, bool pad, const float *in, c
                 /* the row's columns x0 .. x0 + len - 1, zero outside the image, then
                  * split by phase: p_c[j] = column 4j + c; taps 4 and 5 of tile j are
                  * phases 0 and 1 of tile j + 1 */
-                const float *sr = src + (ptrdiff_t)iy * g->w;
                 float buf[4 * WINO_TB_MAX + 4];
-                for (int x = 0; x < lo; x++)
-                    buf[x] = 0.0f;
-                for (int x = lo; x < hi; x++)
-                    buf[x] = sr[x0 + x];
-                for (int x = hi; x < len; x++)
-                    buf[x] = 0.0f;
+                wino_row_span(buf, src + (ptrdiff_t)iy * g->w, x0, len, g->w);
                 for (int j = 0; j < nt; j++) {
                     p0[j] = buf[4 * j];
                     p1[j] = buf[4 * j + 1];
@@ -852,13 +858,13 @@ static void wino4_dout_tiles(float *dM, ptrdiff_t ld, const float *dout, const w
             const int j0 = (int)(t - t0);
             t += nt;
             const float *src = dout + ((ptrdiff_t)b * g->r + r) * g->oh * g->ow;
-            const int ox0 = 4 * tx0, len = 4 * nt, valid = DMCP_MIN(len, g->ow - ox0);
+            const int ox0 = 4 * tx0, len = 4 * nt;
             for (int y = 0; y < 4; y++) {
-                const int oy = 4 * ty + y, have = oy < g->oh ? valid : 0;
-                if (have > 0)
-                    memcpy(buf, src + (ptrdiff_t)oy * g->ow + ox0, (size_t)have * sizeof *buf);
-                for (int x = have; x < len; x++)
-                    buf[x] = 0.0f;
+                const int oy = 4 * ty + y;
+                if (oy < g->oh)
+                    wino_row_span(buf, src + (ptrdiff_t)oy * g->ow, ox0, len, g->ow);
+                else
+                    memset(buf, 0, (size_t)len * sizeof *buf);
                 for (int x = 0; x < 4; x++)
                     for (int j = 0; j < nt; j++)
                         P[y][x][j0 + j] = buf[4 * j + x];
@@ -886,7 +892,7 @@ static void wino4_backward_weight(float *dweight, const float *dout, const float
     float *dU = scratch, *V = dU + 36 * (ptrdiff_t)g.r * g.k, *dM = V + 36 * chunk * g.k;
     const int nth = DMCP_MIN(omp_get_max_threads(), CONV_SLOTS_MAX);
     const int blas_threads = blas_solo_begin();
-        for (ptrdiff_t c0 = 0; c0 < tiles; c0 += chunk) {
+    for (ptrdiff_t c0 = 0; c0 < tiles; c0 += chunk) {
         const ptrdiff_t ct = DMCP_MIN(chunk, tiles - c0), nblocks = (ct + g.tb - 1) / g.tb;
         #pragma omp parallel num_threads(nth)
         {
