@@ -80,6 +80,9 @@ CONV_CASES = {
     # per image gives chunks of 2 images, so a batch of 3 leaves a remainder
     "1x1_direct": conv_case(3, 4, 32, 33, 5, 1),
     "g2_3x3_chunked": conv_case(3, 16, 80, 80, 4, 3, 1, 1, 1, 2),
+    # an output plane under 1024 pixels takes chunks of up to 2M floats: 2 + 1
+    # images here (backward-data of a strided conv goes through the GEMMs)
+    "3x3_s2_small_plane_chunked": conv_case(3, 96, 60, 60, 16, 3, 2, 1),
     # Winograd F(2x2, 3x3): 3x3 stride 1 with >= 16 channels each way and
     # enough 2x2 tiles (forward >= 128, backward-data >= 384); odd sizes,
     # paddings 0..2, and a batch split into image chunks (5 + 2 of 80x80)
