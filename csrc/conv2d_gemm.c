@@ -20,8 +20,8 @@
 /* Output planes under CONV_SMALL_PLANE pixels give one image GEMMs too narrow
  * for OpenBLAS (ResNet-50's 256x196x2304: 150 GFLOP/s); their chunks may hold
  * CONV_COL_CAP_SMALL floats (8 MB).  ResNet-50 b16: the 3x3 and 1x1 stride-2
- * layers at 14x14 and 7x7 run 1.15-1.4x faster, a step 3-7%; at 1<<23 the
- * 28x28 ones lost 20%. */
+ * layers at 14x14 and 7x7 run 1.15-1.4x faster, a step 6-11%; at 1<<23 the
+ * 128-channel one at 28x28 lost 20%. */
 #ifndef CONV_SMALL_PLANE
 #define CONV_SMALL_PLANE 1024
 #endif

@@ -36,8 +36,8 @@ def _set_wait_policy():
     Built on OpenMP-threaded OpenBLAS (dmcp/_build.py), every kernel and GEMM
     runs on one pool, and a worker that spins for about a millisecond
     (GOMP_SPINCOUNT=100000) picks up the next kernel at once: a ResNet-20 step
-    runs 16-20% faster than with workers that sleep at once, ResNet-50 7%
-    (benchmarks/RESULTS.md).  With another OpenBLAS its own threads would fight
+    runs 21-27% faster than on the pthreads OpenBLAS with workers that sleep at
+    once, ResNet-50 1-12% (benchmarks/RESULTS.md).  With another OpenBLAS its own threads would fight
     spinning workers for the cores (ResNet-50 20% slower), so they sleep at once
     (OMP_WAIT_POLICY=PASSIVE) and OpenBLAS's idle threads give up after 2^4
     cycles (OPENBLAS_THREAD_TIMEOUT=4; they spin 2^28 by default).  A choice

@@ -147,8 +147,8 @@ _NAIVE = {}
 
 def naive_once(tag, inputs, run):
     """run() -- a naive kernel on these inputs -- once for all ISA variants: the
-    naive kernels are every variant's reference, and under the sanitizers a
-    128-channel case costs seconds a run.  Each variant's test gets its own
+    naive kernels are always the base build (csrc/isa.c), every variant's
+    reference, and under the sanitizers a 128-channel case costs seconds a run.  Each variant's test gets its own
     copy; the last variant to ask frees the entry."""
     h = hashlib.blake2b(tag.encode(), digest_size=16)
     for a in inputs:

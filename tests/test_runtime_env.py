@@ -9,7 +9,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WAIT_ENV = ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-PROBE = """
+PROBE = f"WAIT_ENV = {WAIT_ENV!r}\n" + """
 import json, os, sys, types
 import numpy as np
 if os.environ.get("FAKE_BLAS_THREADING"):   # as if dmcp._C had been built on that OpenBLAS
@@ -25,9 +25,7 @@ with open("/proc/self/maps") as f:
         if line.rstrip().endswith("[heap]"):
             lo, hi = (int(v, 16) for v in line.split()[0].split("-"))
             in_heap |= lo <= addr < hi
-print(json.dumps({k: os.environ.get(k) for k in
-                  ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-                 | {"in_heap": in_heap}))
+print(json.dumps({k: os.environ.get(k) for k in WAIT_ENV} | {"in_heap": in_heap}))
 """
 
 
