@@ -87,8 +87,8 @@ def bench_shape(s, reps, torch):
     def d_fwd():
         _C.conv2d_forward(out, x, wt, None, *geo)
 
-    def d_bdata():
-        _C.conv2d_backward(dinp, None, None, dout, x, wt, *geo)
+    def d_bdata():     # as the layer calls it: dinp written over, not added to
+        _C.conv2d_backward(dinp, None, None, dout, x, wt, *geo, False)
 
     def d_bweight():
         _C.conv2d_backward(None, dw, None, dout, x, wt, *geo)

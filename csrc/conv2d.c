@@ -107,11 +107,14 @@ dmcp_status conv2d_forward(float *out, const float *inp, const float *weight,
 }
 
 /* dout (N,oc,OH,OW); inp (N,c,H,W); weight as in conv2d_forward;
- * dinp (N,c,H,W) +=, dweight (full buffer, active slice) +=, dbias[:oc] +=,
- * each may be NULL; scratch conv2d_scratch_floats(s) floats. */
+ * dinp (N,c,H,W) += (with dinp_set: =), dweight (full buffer, active slice)
+ * +=, dbias[:oc] +=, each may be NULL; scratch conv2d_scratch_floats(s) floats.
+ * With dinp_set the Winograd, tiled and pointwise paths write dinp as they
+ * form it, where a zero-fill first added a pass over the whole tensor; the
+ * col2im and depthwise paths, which add overlapping taps, zero it first. */
 dmcp_status conv2d_backward(float *dinp, float *dweight, float *dbias,
                             const float *dout, const float *inp, const float *weight,
-                            const conv_shape *s, float *scratch)
+                            const conv_shape *s, float *scratch, bool dinp_set)
 {
     dmcp_status st = conv_check(s);
     if (st != DMCP_OK)
@@ -142,7 +145,7 @@ dmcp_status conv2d_backward(float *dinp, float *dweight, float *dbias,
     if (dinp == NULL && dweight == NULL)
         return DMCP_OK;
     if (dinp != NULL && conv_use_wino(s, 1)) {
-        wino_backward_data(dinp, dout, weight, s, scratch);
+        wino_backward_data(dinp, dout, weight, s, scratch, dinp_set);
         dinp = NULL;
         if (dweight == NULL)
             return DMCP_OK;
@@ -155,15 +158,18 @@ dmcp_status conv2d_backward(float *dinp, float *dweight, float *dbias,
     }
     conv_tiling t;
     if (conv_is_dw_direct(s)) {
+        if (dinp != NULL && dinp_set)   /* the depthwise kernels accumulate */
+            fill_zero(dinp, (size_t)s->n * s->c * s->h * s->w);
         dw_backward(dinp, dweight, dout, inp, weight, s, scratch);
     } else if (conv_tiling_of(s, &t)) {
         /* backward-data the tiled path cannot take goes through the GEMMs */
         if (dweight != NULL || (dinp != NULL && t.data))
-            conv_tiled_backward(t.data ? dinp : NULL, dweight, dout, inp, weight, s, &t, scratch);
+            conv_tiled_backward(t.data ? dinp : NULL, dweight, dout, inp, weight, s, &t, scratch,
+                                dinp_set);
         if (dinp != NULL && !t.data)
-            conv_gemm_backward(dinp, NULL, dout, inp, weight, s, scratch);
+            conv_gemm_backward(dinp, NULL, dout, inp, weight, s, scratch, dinp_set);
     } else {
-        conv_gemm_backward(dinp, dweight, dout, inp, weight, s, scratch);
+        conv_gemm_backward(dinp, dweight, dout, inp, weight, s, scratch, dinp_set);
     }
     return DMCP_OK;
 }

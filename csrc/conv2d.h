@@ -11,6 +11,7 @@
 #ifndef DMCP_CONV2D_H
 #define DMCP_CONV2D_H
 
+#include <stdbool.h>
 #include "common.h"
 
 typedef struct {
@@ -48,11 +49,12 @@ typedef struct {
 dmcp_status conv2d_forward(float *out, const float *inp, const float *weight,
                            const conv_epilogue *ep, const conv_shape *s, float *scratch);
 
-/* Accumulates (+=) into dinp (N,c,H,W), dweight (full buffer, active slice),
- * dbias[:oc]; any of the three may be NULL to skip it. */
+/* Accumulates (+=) into dweight (full buffer, active slice) and dbias[:oc],
+ * and into dinp (N,c,H,W), or with dinp_set writes dinp (its old contents
+ * are never read: no zero-fill needed); any of the three may be NULL to skip it. */
 dmcp_status conv2d_backward(float *dinp, float *dweight, float *dbias,
                             const float *dout, const float *inp, const float *weight,
-                            const conv_shape *s, float *scratch);
+                            const conv_shape *s, float *scratch, bool dinp_set);
 
 /* Direct loops, obviously correct, same contract; used by tests. */
 dmcp_status conv2d_forward_naive(float *out, const float *inp, const float *weight,

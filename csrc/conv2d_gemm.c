@@ -265,13 +265,13 @@ static void conv_gemm_forward(float *out, const float *inp, const float *weight,
  * straight into dinp with beta = 1).  dcol_g overwrites col_g once dW_g has
  * used it. */
 /* Pointwise convs, images over threads with one single-threaded GEMM each:
- * dinp[b] = W^T @ dout[b] (beta 1: accumulates); dW partial of slot i (a
+ * dinp[b] (+)= W^T @ dout[b] (beta 1 accumulates, 0 with set); dW partial of slot i (a
  * fixed range of images, CONV_SLOTS at most) = sum of dout[b] @ inp[b]^T,
  * then dW += the partials in slot order, so no result depends on the thread
  * count. */
 static void conv_pointwise_backward(float *dinp, float *dweight, const float *dout,
                                     const float *inp, const float *weight,
-                                    const conv_shape *s, float *scratch)
+                                    const conv_shape *s, float *scratch, bool set)
 {
     const int c = s->c, oc = s->oc, ldw = s->w_cin_full;
     const ptrdiff_t hw = (ptrdiff_t)s->h * s->w;
@@ -281,7 +281,7 @@ static void conv_pointwise_backward(float *dinp, float *dweight, const float *do
         #pragma omp parallel for schedule(dynamic, 1)
         for (int b = 0; b < s->n; b++)
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c, (int)hw, oc, 1.0f, weight, ldw,
-                        dout + (ptrdiff_t)b * oc * hw, (int)hw, 1.0f,
+                        dout + (ptrdiff_t)b * oc * hw, (int)hw, set ? 0.0f : 1.0f,
                         dinp + (ptrdiff_t)b * c * hw, (int)hw);
     }
     if (dweight != NULL) {
@@ -311,10 +311,10 @@ static void conv_pointwise_backward(float *dinp, float *dweight, const float *do
 
 static void conv_gemm_backward(float *dinp, float *dweight, const float *dout,
                                const float *inp, const float *weight,
-                               const conv_shape *s, float *scratch)
+                               const conv_shape *s, float *scratch, bool set)
 {
     if (conv_pointwise_images(s)) {
-        conv_pointwise_backward(dinp, dweight, dout, inp, weight, s, scratch);
+        conv_pointwise_backward(dinp, dweight, dout, inp, weight, s, scratch, set);
         return;
     }
     const int groups = s->groups, cg = s->c / groups, ocg = s->oc / groups;
@@ -351,10 +351,13 @@ static void conv_gemm_backward(float *dinp, float *dweight, const float *dout,
                 float *dst = in_place ? dinp_n + col_off : scratch + col_off;
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, (int)ldc, ocg,
                             1.0f, weight + (ptrdiff_t)g * ocg * ldw, ldw, dy_g, (int)ldc,
-                            in_place ? 1.0f : 0.0f, dst, (int)ldc);
+                            in_place && !set ? 1.0f : 0.0f, dst, (int)ldc);
             }
         }
-        if (dinp_n != NULL && !in_place)
+        if (dinp_n != NULL && !in_place) {
+            if (set)    /* col2im adds overlapping taps (and skips pixels no tap reads) */
+                fill_zero(dinp_n, (size_t)nb * s->c * hw);
             col2im_add(dinp_n, scratch, ldc, nb, s);
+        }
     }
 }

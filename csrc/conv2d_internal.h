@@ -36,6 +36,7 @@
 #define DMCP_CONV2D_INTERNAL_H
 
 #include "conv2d.h"
+#include "activation.h"
 
 #include <cblas.h>
 #include <omp.h>
@@ -194,7 +195,7 @@ static void conv_gemm_forward(float *out, const float *inp, const float *weight,
                               const conv_epilogue *ep, const conv_shape *s, float *scratch);
 static void conv_gemm_backward(float *dinp, float *dweight, const float *dout,
                                const float *inp, const float *weight,
-                               const conv_shape *s, float *scratch);
+                               const conv_shape *s, float *scratch, bool set);
 
 /* conv2d_tiled.c */
 static bool conv_tiling_of(const conv_shape *s, conv_tiling *t);
@@ -213,7 +214,8 @@ static void conv_tiled_forward(float *out, const float *inp, const float *weight
                                float *scratch);
 static void conv_tiled_backward(float *dinp, float *dweight, const float *dout,
                                 const float *inp, const float *weight,
-                                const conv_shape *s, const conv_tiling *t, float *scratch);
+                                const conv_shape *s, const conv_tiling *t, float *scratch,
+                                bool set);
 
 /* conv2d_depthwise.c */
 static bool conv_is_dw_direct(const conv_shape *s);
@@ -233,7 +235,7 @@ static size_t wino_scratch(const conv_shape *s);
 static void wino_forward(float *out, const float *inp, const float *weight, const conv_epilogue *ep,
                          const conv_shape *s, float *scratch);
 static void wino_backward_data(float *dinp, const float *dout, const float *weight,
-                               const conv_shape *s, float *scratch);
+                               const conv_shape *s, float *scratch, bool set);
 static void wino_backward_weight(float *dweight, const float *dout, const float *inp,
                                  const conv_shape *s, float *scratch);
 

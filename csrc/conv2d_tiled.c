@@ -298,7 +298,7 @@ static void tiled_forward_slot(float *o, const float *img, int nb, const float *
 
 static void tiled_backward_slot(float *dimg, float *dwt, const float *dy, const float *img,
                                 int nb, const float *wtpack, const conv_shape *s,
-                                const conv_tiling *t, float *src, float *pan, float *res)
+                                const conv_tiling *t, float *src, float *pan, float *res, bool set)
 {
     const ptrdiff_t hw = (ptrdiff_t)s->h * s->w, ohw = (ptrdiff_t)s->oh * s->ow;
     float *srcb = src + t->srcf;     /* padded dout, after the padded input */
@@ -342,7 +342,7 @@ static void tiled_backward_slot(float *dimg, float *dwt, const float *dy, const 
                 }
             }
             if (dimg != NULL) {
-                /* dinp (cg, H, W) += W' (cgpad, ocg*KH*KW) @ taps of padded dout */
+                /* dinp (cg, H, W) += (set: =) W' (cgpad, ocg*KH*KW) @ taps of padded dout */
                 const pad_grid *g = &t->bg;
                 pad_planes(srcb, dyg, t->ocg, s->oh, s->ow, g, s, b == 0 && gi == 0);
                 for (int iy0 = 0; iy0 < g->orows; iy0 += g->trows) {
@@ -354,8 +354,11 @@ static void tiled_backward_slot(float *dimg, float *dwt, const float *dy, const 
                             float *restrict dst = dimg + ((ptrdiff_t)b * s->c + gi * t->cg + ci) * hw
                                                 + (ptrdiff_t)(iy0 + y) * s->w;
                             const float *restrict sr = res + (ptrdiff_t)ci * g->ntp + (ptrdiff_t)y * g->wq;
-                            for (int x = 0; x < s->w; x++)
-                                dst[x] += sr[x];
+                            if (set)
+                                memcpy(dst, sr, (size_t)s->w * sizeof *dst);
+                            else
+                                for (int x = 0; x < s->w; x++)
+                                    dst[x] += sr[x];
                         }
                     }
                 }
@@ -391,10 +394,11 @@ static void conv_tiled_forward(float *out, const float *inp, const float *weight
     }
 }
 
-/* dinp only when t->data. */
+/* dinp only when t->data; += into it, or = with set. */
 static void conv_tiled_backward(float *dinp, float *dweight, const float *dout,
                                 const float *inp, const float *weight,
-                                const conv_shape *s, const conv_tiling *t, float *scratch)
+                                const conv_shape *s, const conv_tiling *t, float *scratch,
+                                bool set)
 {
     const int ldw = s->w_cin_full * s->kh * s->kw, khw = s->kh * s->kw;
     const ptrdiff_t hw = (ptrdiff_t)s->h * s->w, ohw = (ptrdiff_t)s->oh * s->ow;
@@ -423,7 +427,7 @@ static void conv_tiled_backward(float *dinp, float *dweight, const float *dout,
         tiled_backward_slot(dinp != NULL ? dinp + (ptrdiff_t)n0 * s->c * hw : NULL, dwt,
                             dout + (ptrdiff_t)n0 * s->oc * ohw,
                             inp != NULL ? inp + (ptrdiff_t)n0 * s->c * hw : NULL,
-                            nb, wtpack, s, t, src, pan, res);
+                            nb, wtpack, s, t, src, pan, res, set);
     }
     if (dweight == NULL)
         return;

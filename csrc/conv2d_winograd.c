@@ -602,14 +602,15 @@ static void wino_forward(float *out, const float *inp, const float *weight, cons
     wino_conv(out, inp, scratch, ep, &g, false, work);
 }
 
-/* dinp (N, c, H, W) += conv3x3(dout, flipped W^T), padding 2 - p. */
+/* dinp (N, c, H, W) += (set: =) conv3x3(dout, flipped W^T), padding 2 - p;
+ * the tiles cover dinp. */
 static void wino_backward_data(float *dinp, const float *dout, const float *weight,
-                               const conv_shape *s, float *scratch)
+                               const conv_shape *s, float *scratch, bool set)
 {
     const wino_geom g = wino_geom_of(conv_wino_m(s, 1), s->n, s->oc, s->oh, s->ow, s->c, s->h,
                                      s->w, 2 - s->ph, 2 - s->pw);
     float *work = wino_prepare(scratch, weight, s->w_cin_full * 9, &g, true);
-    wino_conv(dinp, dout, scratch, NULL, &g, true, work);
+    wino_conv(dinp, dout, scratch, NULL, &g, !set, work);
 }
 
 /* ---- Winograd backward-weight ----

@@ -102,9 +102,10 @@ dmcp_status conv2d_forward(float *out, const float *inp, const float *weight,
 
 dmcp_status conv2d_backward(float *dinp, float *dweight, float *dbias,
                             const float *dout, const float *inp, const float *weight,
-                            const conv_shape *s, float *scratch)
+                            const conv_shape *s, float *scratch, bool dinp_set)
 {
-    return conv2d_backward_variants[dmcp_isa](dinp, dweight, dbias, dout, inp, weight, s, scratch);
+    return conv2d_backward_variants[dmcp_isa](dinp, dweight, dbias, dout, inp, weight, s, scratch,
+                                              dinp_set);
 }
 
 dmcp_status batchnorm_forward_train(float *out, float *save_mean, float *save_invstd,

@@ -322,7 +322,8 @@ static PyObject *conv_backward_impl(PyObject *args, const char *FN, int naive)
         return NULL;
     dmcp_status st;
     Py_BEGIN_ALLOW_THREADS
-    if (dinp.a != NULL && !accumulate)   /* overwrite: zeroed here, on every thread */
+    /* overwrite: the fast kernels write dinp; the naive ones add to zeros */
+    if (naive && dinp.a != NULL && !accumulate)
         fill_zero(DATA(dinp), (size_t)PyArray_SIZE(dinp.a));
     if (naive) {
         st = conv2d_backward_naive(DATA(dinp), DATA(dwt), DATA(db), DATA(dout), DATA(inp),
@@ -331,7 +332,7 @@ static PyObject *conv_backward_impl(PyObject *args, const char *FN, int naive)
         int got;
         float *scr = scratch_acquire(conv2d_scratch_floats(&s), &got);
         st = got ? conv2d_backward(DATA(dinp), DATA(dwt), DATA(db), DATA(dout), DATA(inp),
-                                   DATA(w), &s, scr)
+                                   DATA(w), &s, scr, !accumulate)
                  : DMCP_ERR_NOMEM;
         scratch_release();
     }
